@@ -1,0 +1,252 @@
+"""``medkd``: the command line. Every subcommand calls the same library functions as the GUI."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+class CLIError(Exception):
+    pass
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget and training options (override the config)")
+    g.add_argument("--iterations", type=int)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--minutes", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--patch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
+    g.add_argument("--val-every", type=int)
+    g.add_argument("--threads", type=int)
+    g.add_argument("--config", help="YAML run configuration (yaml.safe_load)")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run in RUN_DIR")
+
+
+def _config_from_args(args) -> "RunConfig":
+    from .config import RunConfig, load_config
+
+    cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
+    over = {
+        "data": {"root": getattr(args, "data", None), "patch_size": args.patch_size},
+        "model": {"name": getattr(args, "model", None)},
+        "train": {"iterations": args.iterations, "epochs": args.epochs, "minutes": args.minutes,
+                  "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "device": args.device,
+                  "val_every": args.val_every, "threads": args.threads},
+    }
+    cfg = cfg.merged(over)
+    if not (args.resume or cfg.data.root):
+        raise CLIError("--data is required (or a config with data.root)")
+    if not (cfg.train.iterations or cfg.train.epochs or cfg.train.minutes or args.resume):
+        cfg.train.minutes = 10.0
+    return cfg
+
+
+def _print_event(rec) -> None:
+    ev = rec.get("event")
+    if ev == "start":
+        print(f"[start] {rec.get('model')} on {rec.get('device')}: {rec.get('params', 0):,} parameters, "
+              f"{rec.get('train_cases')} training / {rec.get('val_cases')} validation cases", flush=True)
+    elif ev == "stage":
+        if rec.get("status") in ("start", "done", "reused"):
+            print(f"[stage] {rec.get('name')}: {rec.get('status')}", flush=True)
+    elif ev == "iter" and (rec["iter"] % 50 == 0 or rec["iter"] == 1):
+        terms = " ".join(f"{k}={v:.4g}" for k, v in (rec.get("terms") or {}).items() if v is not None)
+        print(f"[iter {rec['iter']:>6}] loss={rec['loss']:.4f} {terms} lr={rec['lr']:.2e} "
+              f"t={rec['elapsed']:.0f}s", flush=True)
+    elif ev == "val":
+        print(f"[val   {rec['iter']:>6}] Dice {rec.get('dice')} mean={rec.get('dice_mean')}", flush=True)
+    elif ev == "end":
+        print(f"[end] {rec.get('status')} after {rec.get('iter')} iterations, {rec.get('elapsed')} s", flush=True)
+
+
+def cmd_train(args) -> int:
+    from .train.engine import run_training
+
+    cfg = _config_from_args(args)
+    run_dir = Path(args.resume or args.out or "")
+    if not str(run_dir):
+        raise CLIError("--out RUN_DIR is required")
+    res = run_training(cfg, run_dir, resume=bool(args.resume), on_event=_print_event)
+    print(json.dumps(res))
+    return 0 if res["status"] == "finished" else 3
+
+
+def cmd_distill(args) -> int:
+    from .distill.task import distill_task_factory
+    from .train.engine import run_training
+
+    if not args.resume:
+        args.model = args.student
+    cfg = _config_from_args(args)
+    if not args.resume:
+        cfg.distill.teacher = args.teacher or cfg.distill.teacher
+        cfg.distill.method = args.method or cfg.distill.method or "none"
+        if not cfg.distill.teacher:
+            raise CLIError("--teacher RUN_DIR is required (a run folder from `medkd train`)")
+    run_dir = Path(args.resume or args.out or "")
+    if not str(run_dir):
+        raise CLIError("--out RUN_DIR is required")
+    if args.resume:
+        from .config import load_config
+
+        cfg_saved = load_config(run_dir / "config.yaml")
+        dcfg = cfg_saved.distill
+    else:
+        dcfg = cfg.distill
+    factory = distill_task_factory(dcfg.teacher, dcfg.method, dcfg.terms, patch_size=cfg.data.patch_size)
+    res = run_training(cfg, run_dir, resume=bool(args.resume), task_factory=factory, on_event=_print_event)
+    print(json.dumps(res))
+    return 0 if res["status"] == "finished" else 3
+
+
+def cmd_methods(args) -> int:
+    from .distill import load_all
+    from .registry import METHODS
+
+    load_all()
+    for name in METHODS.names():
+        m = METHODS.meta(name)
+        terms = ", ".join(f"{w:g}*{t}" for t, w, _ in m.get("terms", []))
+        print(f"{name:<22}{m.get('paper', ''):<28}{terms}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    res = evaluate_run(args.model, args.data, split=args.split, which=args.checkpoint, surface=not args.no_surface)
+    print(res.table())
+    print(f"seconds per case: {res.seconds_per_case:.3f}")
+    if args.out:
+        res.write(Path(args.out))
+        print(f"written: {args.out}/per_case.csv, summary.json")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference.predict_files import list_inputs, mask_name, predict_path
+    from .inference.run_model import load_run_model
+
+    lm = load_run_model(args.model, which=args.checkpoint)
+    src = Path(args.input)
+    inputs = list_inputs(src)
+    out = Path(args.output)
+    single = len(inputs) == 1 and not (src.is_dir() and inputs[0] != src) and out.suffix != ""
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    for f in inputs:
+        dst = out if single else out / mask_name(f)
+        if dst.exists() and not args.overwrite:
+            raise CLIError(f"{dst} exists; pass --overwrite to replace it")
+    for f in inputs:
+        dst = out if single else out / mask_name(f)
+        p = predict_path(lm, f, dst, overwrite=args.overwrite)
+        print(f"{f} -> {dst} ({p.seconds:.2f} s, labels {sorted(int(v) for v in __import__('numpy').unique(p.labels))})")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .data.validate import validate_dataset
+
+    report = validate_dataset(args.data)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_models(args) -> int:
+    from .models.cost import model_table
+
+    rows = model_table(size=args.size)
+    print(f"{'name':<20}{'role':<10}{'dims':>5}{'params':>14}{'GMACs':>10}")
+    for r in rows:
+        print(f"{r['name']:<20}{r['role']:<10}{r['dims']:>5}{r['params']:>14,}{r['macs'] / 1e9:>10.3f}")
+    print(f"(2D models at 1x1x{args.size}x{args.size}; 3D models at 1x1x64x64x64)")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(Path(args.data), Path(args.out), minutes_teacher=args.teacher_minutes,
+                 minutes_student=args.student_minutes, overwrite=args.overwrite, log=print)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="medkd", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("train", help="train a teacher or a student alone")
+    p.add_argument("--data")
+    p.add_argument("--model", help="registered model name (see `medkd models`)")
+    p.add_argument("--out", help="new run folder")
+    _add_budget(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("distill", help="train a student with a frozen teacher and a distillation method")
+    p.add_argument("--data")
+    p.add_argument("--teacher", help="run folder of a trained teacher")
+    p.add_argument("--student", help="registered student model name")
+    p.add_argument("--method", help="method preset (see `medkd methods`)")
+    p.add_argument("--out", help="new run folder")
+    _add_budget(p)
+    p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("methods", help="list distillation methods and their terms")
+    p.set_defaults(fn=cmd_methods)
+
+    p = sub.add_parser("evaluate", help="Dice/IoU/HD95/ASD of a trained model on a data set split")
+    p.add_argument("--model", required=True, help="run folder or checkpoint")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--no-surface", action="store_true", help="skip HD95/ASD (faster)")
+    p.add_argument("--out", help="folder for per_case.csv and summary.json")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="segment files with a trained torch model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
+    p.add_argument("--output", required=True, help="mask file (single input) or folder")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("validate-data", help="check a data set folder and summarise it")
+    p.add_argument("data")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("models", help="list registered models with parameters and MACs")
+    p.add_argument("--size", type=int, default=256)
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("pipeline", help="the one-click job: teacher, student, evaluation and report")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"))
+    p.add_argument("--out", default="medkd_out")
+    p.add_argument("--teacher-minutes", type=float, default=1.5)
+    p.add_argument("--student-minutes", type=float, default=1.0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(fn=cmd_pipeline)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"medkd {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The distillation task: a frozen teacher, a student and a weighted set of distillation terms.
+
+Plugged into the generic engine (``run_training(..., task_factory=distill_task_factory(...))``):
+each iteration runs the teacher (eval, no gradients) and the student with forward hooks on the
+taps the terms need, adds the weighted terms to the student's segmentation loss (labelled samples
+only) and logs every term. Terms with trainable parts join the optimiser; adversarial terms get
+their own optimiser; terms with a pre-training stage run it first and keep it in
+``RUN_DIR/stages/`` so a resumed run reuses it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..models.taps import FeatureTaps
+from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.tasks import SupervisedTask
+from .methods import TermSpec, build_terms
+from .terms.base import KDContext, StageContext
+
+
+class DistillError(ValueError):
+    pass
+
+
+def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    from ..inference.run_model import load_run_model
+
+    lm = load_run_model(run, device=device)
+    teacher = lm.model
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, lm.meta
+
+
+def check_compatible(teacher_meta: Dict[str, Any], num_classes: int, in_channels: int, preprocess: Dict) -> None:
+    if teacher_meta["num_classes"] != num_classes:
+        raise DistillError(f"the teacher predicts {teacher_meta['num_classes']} classes but the data set has "
+                           f"{num_classes}")
+    if teacher_meta["in_channels"] != in_channels:
+        raise DistillError(f"the teacher takes {teacher_meta['in_channels']} input channel(s) but the data gives "
+                           f"{in_channels}; use the teacher's preprocessing (rgb_mode)")
+
+
+class DistillTask(SupervisedTask):
+    name = "distill"
+
+    def __init__(self, student, num_classes: int, teacher, terms: List[Tuple[str, float, Any]],
+                 run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0):
+        super().__init__(student, num_classes)
+        self.teacher = teacher
+        self.terms = terms
+        self.run_dir = Path(run_dir)
+        self.stage_iterations = dict(stage_iterations or {})
+        self.seg_weight = seg_weight
+        self.taps = sorted({t for _, _, term in terms for t in term.TAPS if t != "logits"})
+        self._disc = [(label, term) for label, _, term in terms if hasattr(term, "discriminator_parameters")
+                      and list(term.discriminator_parameters())]
+        self._disc_opts = {}
+        self._last_ctx: Optional[KDContext] = None
+
+    def modules_to_device(self, device) -> None:
+        self.device = device
+        self.model.to(device)
+        self.teacher.to(device)
+        for _, _, term in self.terms:
+            term.to(device)
+        for label, term in self._disc:
+            cfg = dict(term.DISC_OPTIM or {"lr": 1e-4, "betas": (0.5, 0.9)})
+            self._disc_opts[label] = torch.optim.Adam(term.discriminator_parameters(), lr=cfg["lr"],
+                                                      betas=tuple(cfg.get("betas", (0.9, 0.99))))
+
+    def param_groups(self) -> List[Dict[str, Any]]:
+        groups = super().param_groups()
+        disc_ids = {id(p) for _, term in self._disc for p in term.discriminator_parameters()}
+        seen = {id(p) for g in groups for p in g["params"]}
+        extra = []
+        for _, _, term in self.terms:  # adapters, projectors, student-side headers (never discriminators)
+            for p in term.parameters():
+                if p.requires_grad and id(p) not in disc_ids and id(p) not in seen:
+                    seen.add(id(p))
+                    extra.append(p)
+        if extra:
+            groups.append({"params": extra})
+        return groups
+
+    def _forward(self, batch, train_model) -> KDContext:
+        x = batch["image"]
+        with torch.no_grad():
+            with FeatureTaps(self.teacher, self.taps) as tt:
+                t_logits = self.teacher(x)
+        t = {k: v.detach() for k, v in tt.features.items()}
+        t["logits"] = t_logits.detach()
+        with FeatureTaps(self.model, self.taps) as st:
+            s_logits = train_model(x)
+        s = dict(st.features)
+        s["logits"] = s_logits
+        labelled = batch.get("labelled")
+        return KDContext(s=s, t=t, image=x, label=batch["label"], labelled=labelled, student=self.model,
+                         teacher=self.teacher)
+
+    def compute(self, batch, train_model):
+        ctx = self._forward(batch, train_model)
+        seg = self.segmentation_loss(ctx.s["logits"], batch["label"], ctx.labelled)
+        total = self.seg_weight * seg
+        log = {"seg": float(seg.detach())}
+        for label, weight, term in self.terms:
+            value = term(ctx)
+            total = total + weight * value
+            log[label] = float(value.detach())
+            for part, v in (getattr(term, "last_parts", None) or {}).items():
+                log[f"{label}.{part}"] = float(v)
+        self._last_ctx = ctx
+        return total, log
+
+    def after_step(self, batch) -> Dict[str, float]:
+        out = {}
+        ctx = self._last_ctx
+        if ctx is None or not self._disc:
+            return out
+        ctx.s = {k: v.detach() for k, v in ctx.s.items()}
+        for label, term in self._disc:
+            opt = self._disc_opts[label]
+            with torch.autocast(ctx.image.device.type, enabled=False):
+                d_loss = term.discriminator_loss(ctx)
+            opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt.step()
+            out[f"{label}.D"] = float(d_loss.detach())
+        self._last_ctx = None
+        return out
+
+    # pre-training stages -------------------------------------------------------------------
+    def prepare(self, ctx) -> None:
+        stages_dir = self.run_dir / "stages"
+        emit, sampler, device = ctx["emit"], ctx["sampler"], ctx["device"]
+        done = set()
+        for label, _, term in self.terms:
+            stage = getattr(term, "PRETRAIN_STAGE", None)
+            owner = getattr(term, "stage_owner", term)  # shared parts are pre-trained once
+            if not stage or id(owner) in done:
+                continue
+            done.add(id(owner))
+            path = stages_dir / f"{stage}.pt"
+            if path.exists():
+                owner.load_state_dict(load_checkpoint(path)["model"])
+                emit("stage", name=stage, status="reused", path=str(path))
+                continue
+            iters = int(self.stage_iterations.get(stage, 200))
+            emit("stage", name=stage, status="start", iterations=iters)
+            t0 = time.time()
+            bs = ctx["cfg"].train.batch_size
+
+            def batches():
+                while True:
+                    b = sampler.sample(bs)
+                    yield {k: torch.as_tensor(v, device=device) for k, v in b.items()}
+
+            def log(ev, _stage=stage):
+                emit("stage_iter", name=_stage, **ev)
+
+            owner.pretrain(StageContext(self.teacher, self.model, batches, iters, device, log, ctx["stop"]))
+            if ctx["stop"]():  # not saved: a resumed run does this stage again
+                emit("stage", name=stage, status="stopped")
+                return
+            if ctx["is_main"]:
+                save_checkpoint({"model": owner.state_dict(), "meta": json.dumps({"stage": stage,
+                                 "iterations": iters})}, path)
+            emit("stage", name=stage, status="done", seconds=round(time.time() - t0, 2))
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"terms": {label: term.state_dict() for label, _, term in self.terms},
+                "disc_opts": {k: o.state_dict() for k, o in self._disc_opts.items()}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for label, _, term in self.terms:
+            if label in state.get("terms", {}):
+                term.load_state_dict(state["terms"][label])
+        for k, o in self._disc_opts.items():
+            if k in state.get("disc_opts", {}):
+                o.load_state_dict(state["disc_opts"][k])
+
+
+def distill_task_factory(teacher_run: str | Path, method: Optional[str] = None,
+                         term_specs: Optional[List[Dict[str, Any]]] = None, patch_size: int = 64):
+    """Return the ``task_factory`` the engine calls with the freshly built student."""
+    from ..models.factory import tap_info
+    from ..registry import METHODS
+
+    def factory(student, num_classes, cfg=None, device=None, run_dir=None, **_):
+        teacher, meta = load_teacher(teacher_run, device or "cpu")
+        in_ch = student.in_channels
+        check_compatible(meta, num_classes, in_ch, {})
+        size = max(32, patch_size)
+        t_info = tap_info(teacher, in_ch, size=size)
+        s_info = tap_info(student, in_ch, size=size)
+        dims = getattr(student, "spatial_dims", 2)
+        if term_specs:
+            terms = build_terms([TermSpec(**s) for s in term_specs], t_info, s_info, num_classes, dims)
+        else:
+            terms = METHODS.get(method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
+        return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
+                           stage_iterations=cfg.distill.stage_iterations if cfg else None)
+
+    return factory

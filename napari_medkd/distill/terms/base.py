@@ -1,0 +1,82 @@
+"""The interface of one distillation term.
+
+A *term* is an ``nn.Module`` computing one scalar loss from student and teacher taps. A *method*
+(``napari_medkd.distill.methods``) is a weighted set of terms with the paper's defaults.
+
+Engine contract (``napari_medkd.distill.engine``):
+
+1. The engine builds the term with ``Term(teacher_info, student_info, num_classes, **params)``
+   where ``*_info`` maps each tap name to ``TapInfo(channels, stride)`` measured on a probe input.
+2. Each iteration it runs the teacher (eval, ``no_grad``) and the student with forward hooks on
+   ``term.TAPS`` (plus ``logits``), builds a :class:`KDContext` and calls ``term(ctx)``.
+3. ``term.parameters()`` (student-side adapters, projectors) join the student's optimiser unless
+   the term sets ``OWN_OPTIMIZER``; they are never exported with the student.
+4. A term with ``PRETRAIN_STAGE`` (a name, e.g. ``"paraphraser"``) gets
+   ``term.pretrain(stage_ctx)`` once before distillation; its state is saved in the run folder
+   and reused on resume.
+5. Adversarial terms implement ``discriminator_loss(ctx)`` and ``discriminator_parameters()``; the
+   engine steps a separate optimiser on it once per student step (``DISC_OPTIM`` gives its settings).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    channels: int
+    stride: int  # input size / tap size (1 for logits)
+
+
+@dataclass
+class KDContext:
+    s: Dict[str, torch.Tensor]            # student taps (with grad), always includes "logits"
+    t: Dict[str, torch.Tensor]            # teacher taps (detached), always includes "logits"
+    image: torch.Tensor                   # (B, C, *spatial) the input both models saw
+    label: Optional[torch.Tensor] = None  # (B, *spatial) long class indices, or None
+    labelled: Optional[torch.Tensor] = None  # (B,) bool: which samples have a real label
+    student: Optional[nn.Module] = None
+    teacher: Optional[nn.Module] = None
+    extra: Dict[str, Any] = field(default_factory=dict)  # e.g. augmented views for GKD
+
+
+@dataclass
+class StageContext:
+    """What a pre-training stage receives."""
+    teacher: nn.Module
+    student: nn.Module
+    batches: Callable[[], Iterator[Dict[str, torch.Tensor]]]  # yields {"image","label","labelled"}
+    iterations: int
+    device: torch.device
+    log: Callable[[Dict[str, Any]], None] = lambda event: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+class DistillTerm(nn.Module):
+    TAPS: tuple = ("logits",)
+    NEEDS_LABELS: bool = False
+    OWN_OPTIMIZER: bool = False
+    PRETRAIN_STAGE: Optional[str] = None
+    DISC_OPTIM: Optional[Dict[str, Any]] = None
+
+    def __init__(self, teacher_info: Dict[str, TapInfo], student_info: Dict[str, TapInfo], num_classes: int):
+        super().__init__()
+        self.teacher_info = dict(teacher_info)
+        self.student_info = dict(student_info)
+        self.num_classes = int(num_classes)
+
+    def forward(self, ctx: KDContext) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pretrain(self, stage: StageContext) -> None:  # pragma: no cover - only for staged terms
+        raise NotImplementedError
+
+    def discriminator_loss(self, ctx: KDContext) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def discriminator_parameters(self):
+        return []

@@ -1,0 +1,88 @@
+"""Evaluate a trained model on a data set split: Dice, IoU, HD95 and ASD per class and case."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .data.datasets import load_dataset, load_label
+from .inference.predict_files import predict_image
+from .inference.run_model import LoadedModel, load_run_model
+from .io.image_io import read_image
+from .metrics.segmentation import segmentation_metrics, summarize
+
+
+@dataclass
+class EvalResult:
+    model: str
+    data: str
+    split: str
+    class_names: Dict[int, str]
+    rows: List[Dict[str, Any]] = field(default_factory=list)      # one per case and class
+    summary: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    seconds_per_case: float = math.nan
+
+    def table(self) -> str:
+        lines = [f"{self.model} on {self.data} [{self.split}], {len(self.rows) // max(1, len(self.class_names) - 1)} cases",
+                 f"{'class':<16}{'Dice':>16}{'IoU':>16}{'HD95':>16}{'ASD':>16}"]
+        for c, name in sorted(self.class_names.items()):
+            if c == 0:
+                continue
+            cells = []
+            for m in ("dice", "iou", "hd95", "asd"):
+                s = self.summary.get(f"{m}_{c}", {})
+                cells.append(f"{s.get('mean', math.nan):.4f} ± {s.get('std', math.nan):.4f}")
+            lines.append(f"{name:<16}" + "".join(f"{x:>16}" for x in cells))
+        return "\n".join(lines)
+
+    def write(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "per_case.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(self.rows[0].keys()))
+            w.writeheader()
+            w.writerows(self.rows)
+        (folder / "summary.json").write_text(json.dumps({
+            "model": self.model, "data": self.data, "split": self.split,
+            "class_names": {str(k): v for k, v in self.class_names.items()},
+            "seconds_per_case": self.seconds_per_case, "summary": self.summary}, indent=1))
+
+
+def evaluate_model(lm: LoadedModel, data_root: str | Path, split: str = "test",
+                   surface: bool = True, limit: Optional[int] = None, name: str = "") -> EvalResult:
+    spec = load_dataset(data_root)
+    cases = [c for c in spec.cases if c.split == split and c.label is not None]
+    if not cases:
+        raise ValueError(f"{data_root}: no labelled cases in split '{split}' "
+                         f"(splits present: {sorted({c.split for c in spec.cases})})")
+    if limit:
+        cases = cases[:limit]
+    classes = [c for c in sorted(lm.class_names) if c != 0]
+    res = EvalResult(name or str(lm.checkpoint.parent), str(data_root), split, lm.class_names)
+    per_case, times = [], []
+    for case in cases:
+        img = read_image(case.image)
+        t0 = time.perf_counter()
+        pred = predict_image(lm, img)
+        times.append(time.perf_counter() - t0)
+        truth = load_label(case.label)
+        fov = load_label(case.fov) > 0 if case.fov is not None else None
+        spacing = tuple(reversed(img.spacing))[: truth.ndim]
+        m = segmentation_metrics(pred, truth, classes, spacing=spacing, fov=fov, surface=surface)
+        per_case.append(m)
+        for c, vals in m.items():
+            res.rows.append({"case": case.id, "class": c, "class_name": lm.class_names.get(c, str(c)), **vals})
+    res.summary = summarize(per_case)
+    res.seconds_per_case = float(np.mean(times))
+    return res
+
+
+def evaluate_run(run: str | Path, data_root: str | Path, split: str = "test", which: str = "best",
+                 device: str = "cpu", **kw) -> EvalResult:
+    lm = load_run_model(run, which=which, device=device)
+    return evaluate_model(lm, data_root, split, name=str(run), **kw)

@@ -1,0 +1,83 @@
+"""Segment image files with a trained torch model and write masks with the source geometry."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ..data.preprocess import PreprocessConfig, resample_to_spacing
+from ..io.image_io import MedicalImage, is_supported, read_image, write_mask
+from .run_model import LoadedModel
+from .torch_predict import predict_labels
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def mask_name(src: Path) -> str:
+    name = src.name
+    for suf in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suf):
+            out_suf = ".mha" if suf == ".mhd" else (".nrrd" if suf == ".nhdr" else suf)
+            return name[: -len(suf)] + "_mask" + out_suf
+    if src.is_dir():  # DICOM series
+        return name + "_mask.nii.gz"
+    return src.stem + "_mask.png"
+
+
+def list_inputs(path: Path) -> List[Path]:
+    """A file, a DICOM folder, or a folder of image files / DICOM sub-folders."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input {path} does not exist")
+    files = sorted(p for p in path.iterdir() if p.is_file() and is_supported(p))
+    if files:
+        return files
+    dcm = [p for p in path.iterdir() if p.is_file()]
+    if dcm:
+        return [path]  # a DICOM series folder
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+    if subdirs:
+        return subdirs
+    raise FileNotFoundError(f"{path} holds no image files")
+
+
+@dataclass
+class Prediction:
+    source: Path
+    labels: np.ndarray
+    reference: MedicalImage
+    seconds: float
+
+
+def predict_image(lm: LoadedModel, img: MedicalImage, device=None) -> np.ndarray:
+    """Labels for one image in its own grid (resampled back if the model works at another spacing)."""
+    from ..train.data import prepare_image
+
+    pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
+    image_cf, work = prepare_image(img, pcfg)
+    if image_cf.shape[0] != lm.meta["in_channels"]:
+        raise ValueError(f"{img.path or 'image'}: the model expects {lm.meta['in_channels']} channel(s) "
+                         f"but preprocessing gave {image_cf.shape[0]}")
+    labels = predict_labels(lm.model, image_cf, device=device, slice_axis=pcfg.slice_axis)
+    if work is not img:  # resampled: bring the mask back to the source grid
+        tmp = MedicalImage(labels, work.spacing, work.origin, work.direction)
+        back = resample_to_spacing(tmp, img.spacing, is_label=True).array
+        out = np.zeros(img.array.shape[: img.ndim_spatial], labels.dtype)
+        sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, back.shape))
+        out[sl] = back[sl]
+        labels = out
+    return labels
+
+
+def predict_path(lm: LoadedModel, src: Path, out: Optional[Path], overwrite: bool = False) -> Prediction:
+    img = read_image(src)
+    t0 = time.perf_counter()
+    labels = predict_image(lm, img)
+    dt = time.perf_counter() - t0
+    if out is not None:
+        write_mask(labels, out, reference=img, overwrite=overwrite)
+    return Prediction(src, labels, img, dt)
