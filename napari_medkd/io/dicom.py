@@ -1,0 +1,190 @@
+"""DICOM series: list the series in a folder, read one, and write a volume as a series.
+
+Exported series are int16 slices (a linear RescaleSlope/RescaleIntercept when the values are not
+integers in int16 range) carrying ImagePositionPatient, ImageOrientationPatient, PixelSpacing and
+SliceThickness, so that :func:`read_image` on the folder gives back the spacing, origin and direction.
+A left-handed direction (determinant -1) cannot be stated in DICOM; such volumes are written with
+the slice order reversed (same voxels in space, right-handed direction).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from .image_io import ImageReadError, ImageWriteError, MedicalImage, PathLike, _sitk_reason, image_from_sitk
+
+
+@dataclass
+class DicomSeries:
+    uid: str
+    description: str
+    n_files: int
+    files: Tuple[str, ...]
+
+
+def _tag(reader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def list_dicom_series(folder: PathLike) -> List[DicomSeries]:
+    """The DICOM series in ``folder`` (not its sub-folders), files in slice order; [] if none."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder}: not a folder (a DICOM series is read from its folder)")
+    reader = sitk.ImageSeriesReader()
+    out = []
+    for uid in reader.GetGDCMSeriesIDs(str(folder)):
+        files = tuple(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        if not files:
+            continue
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        try:
+            info.ReadImageInformation()
+            description = _tag(info, "0008|103e")
+        except RuntimeError:
+            description = ""
+        out.append(DicomSeries(uid, description, len(files), files))
+    return out
+
+
+def read_dicom_series(folder: PathLike, series_uid: Optional[str] = None) -> MedicalImage:
+    """Read one series of ``folder``: ``series_uid``, else the only one, else the one with most slices
+    (with a warning)."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    series = list_dicom_series(folder)
+    if not series:
+        raise ImageReadError(f"{folder}: no DICOM series found in this folder")
+    if series_uid is not None:
+        chosen = [s for s in series if s.uid == series_uid]
+        if not chosen:
+            raise ImageReadError(f"{folder}: no DICOM series with UID {series_uid}; found "
+                                 f"{', '.join(s.uid for s in series)}")
+        pick = chosen[0]
+    else:
+        pick = max(series, key=lambda s: s.n_files)
+        if len(series) > 1:
+            warnings.warn(f"{folder}: {len(series)} DICOM series found; reading {pick.uid} "
+                          f"('{pick.description}', {pick.n_files} files, the most slices); "
+                          f"pass series_uid= to choose another", UserWarning, stacklevel=3)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(pick.files))
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise ImageReadError(f"{folder}: DICOM series {pick.uid} is unreadable: {_sitk_reason(e, folder)}") from e
+    return image_from_sitk(img, folder)
+
+
+def _ds(v: float) -> str:
+    """A DICOM decimal string (at most 16 characters)."""
+    s = f"{float(v):.10g}"
+    return "0" if s == "-0" else s
+
+
+def _to_int16(arr: np.ndarray, where: Path) -> Tuple[np.ndarray, float, float]:
+    """Pixel data and (slope, intercept) with value = stored int16 * slope + intercept: int16 data
+    as is, or float64 data that GDCM scales into int16 with that slope and intercept."""
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "fiu":
+        raise ImageWriteError(f"{where}: cannot write dtype {arr.dtype} as DICOM")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ImageWriteError(f"{where}: the volume holds NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    integral = arr.dtype.kind in "iu" or bool((arr == np.round(arr)).all())
+    if integral and lo >= -32768 and hi <= 32767:
+        return np.round(arr).astype(np.int16), 1.0, 0.0
+    slope = float(_ds((hi - lo) / 65000.0)) or 1.0  # GDCM stores (value - intercept) / slope as int16
+    intercept = float(_ds((hi + lo) / 2.0))
+    return arr.astype(np.float64), slope, intercept
+
+
+def _uid() -> str:
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def write_dicom_series(volume: MedicalImage, folder: PathLike, *, description: str = "napari-medkd export",
+                       series_uid: Optional[str] = None, modality: str = "OT", overwrite: bool = False) -> None:
+    """Write a 3D single-channel ``volume`` as one DICOM file per slice into ``folder``.
+
+    Several series can share a folder (file names carry the series UID). Files appear only once all
+    slices are written. Raises :class:`ImageWriteError` for non-3D or multichannel volumes and
+    ``FileExistsError`` if a target file exists and ``overwrite`` is false.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    arr = np.asarray(volume.array)
+    if volume.ndim_spatial != 3 or arr.ndim != 3:
+        raise ImageWriteError(f"{folder}: DICOM export needs a 3D single-channel volume, got shape {arr.shape}")
+    data, slope, intercept = _to_int16(arr, folder)
+    img = sitk.GetImageFromArray(data)
+    img.SetSpacing(volume.spacing)
+    img.SetOrigin(volume.origin)
+    img.SetDirection(volume.direction)
+    d = np.asarray(volume.direction, float).reshape(3, 3)
+    if np.linalg.det(d) < 0:  # DICOM's slice normal is row x column: reverse the slices
+        last = img.TransformIndexToPhysicalPoint((0, 0, arr.shape[0] - 1))
+        img = sitk.GetImageFromArray(data[::-1].copy())
+        img.SetSpacing(volume.spacing)
+        img.SetOrigin(last)
+        d = d.copy()
+        d[:, 2] *= -1
+    img.SetDirection(tuple(d.ravel()))
+    uid = series_uid or _uid()
+    study, frame = _uid(), _uid()
+    now = time.localtime()
+    date, clock = time.strftime("%Y%m%d", now), time.strftime("%H%M%S", now)
+    series_tags = [
+        ("0008|0008", "DERIVED\\SECONDARY"), ("0008|0021", date), ("0008|0031", clock),
+        ("0008|0060", modality), ("0008|103e", description[:64]), ("0020|000d", study), ("0020|000e", uid),
+        ("0020|0052", frame), ("0020|0011", "1"),
+        ("0020|0037", "\\".join(_ds(v) for v in (d[0, 0], d[1, 0], d[2, 0], d[0, 1], d[1, 1], d[2, 1]))),
+        ("0018|0050", _ds(volume.spacing[2])), ("0018|0088", _ds(volume.spacing[2])),
+        ("0028|1052", _ds(intercept)), ("0028|1053", _ds(slope)), ("0028|1054", "US"),
+    ]
+    if data.dtype != np.int16:
+        series_tags += [("0028|0100", "16"), ("0028|0101", "16"), ("0028|0102", "15"), ("0028|0103", "1")]
+    stem = uid.replace(".", "")[-12:]
+    names = [f"{stem}_{i:04d}.dcm" for i in range(data.shape[0])]
+    if not overwrite:
+        clash = [n for n in names if (folder / n).exists()]
+        if clash:
+            raise FileExistsError(f"{folder / clash[0]}: file exists ({len(clash)} in all); pass overwrite=True")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".medkd-dicom-", dir=folder))
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        for i, name in enumerate(names):
+            sl = img[:, :, i]
+            for key, value in series_tags:
+                sl.SetMetaData(key, value)
+            sl.SetMetaData("0008|0012", date)
+            sl.SetMetaData("0008|0013", clock)
+            sl.SetMetaData("0008|0018", _uid())
+            sl.SetMetaData("0020|0013", str(i + 1))
+            sl.SetMetaData("0020|0032", "\\".join(_ds(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))))
+            writer.SetFileName(str(tmp / name))
+            try:
+                writer.Execute(sl)
+            except RuntimeError as e:
+                raise ImageWriteError(f"{folder / name}: DICOM writing failed: {_sitk_reason(e, tmp / name)}") from e
+        for name in names:
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,374 @@
+"""Read and write medical images with their geometry (SimpleITK underneath).
+
+Axis conventions: ``MedicalImage.array`` is in numpy order ((z, y, x) or (y, x), colour last);
+``spacing``/``origin``/``direction`` are in SimpleITK order (x, y[, z]), direction flattened row-major.
+
+2D bitmap formats (PNG, JPEG, TIFF, BMP, GIF) get unit geometry (spacing 1, origin 0, identity):
+their DPI tags describe print size, not anatomy. Writing to them keeps no geometry.
+
+Writes are atomic: the file (and, for ``.mhd``, its ``.raw`` data file) is written into a hidden
+temporary folder beside the target, then moved into place with ``os.replace`` (the ``.raw`` first,
+the header last), so an error never leaves a partial file at the target.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+BITMAP_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
+SUPPORTED_EXTENSIONS: Tuple[str, ...] = VOLUME_EXTENSIONS + BITMAP_EXTENSIONS
+WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".tif", ".tiff")
+_FORMAT = {".nii.gz": "NIfTI", ".nii": "NIfTI", ".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD",
+           ".nhdr": "NRRD", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG",
+           ".bmp": "BMP", ".gif": "GIF"}
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """A file or folder could not be read as an image; the message names it and says why."""
+
+
+class ImageWriteError(ValueError):
+    """An image or mask could not be written; the message names the target and says why."""
+
+
+@dataclass
+class MedicalImage:
+    """An array with its SimpleITK geometry (see the module docstring for axis orders)."""
+
+    array: np.ndarray
+    spacing: Tuple[float, ...]
+    origin: Tuple[float, ...]
+    direction: Tuple[float, ...]
+    path: str = ""
+
+    def __post_init__(self):
+        self.spacing = tuple(float(v) for v in np.ravel(self.spacing))
+        self.origin = tuple(float(v) for v in np.ravel(self.origin))
+        self.direction = tuple(float(v) for v in np.ravel(self.direction))
+        self.path = "" if self.path is None else str(self.path)
+        n = len(self.spacing)
+        if n not in (2, 3) or len(self.origin) != n or len(self.direction) != n * n:
+            raise ValueError(f"{self.path or 'image'}: inconsistent geometry: spacing {self.spacing}, "
+                             f"origin {self.origin}, direction of {len(self.direction)} values")
+        if np.ndim(self.array) not in (n, n + 1):
+            raise ValueError(f"{self.path or 'image'}: array of shape {np.shape(self.array)} does not fit "
+                             f"{n} spatial axes")
+
+    @property
+    def ndim_spatial(self) -> int:
+        return len(self.spacing)
+
+    @property
+    def channels(self) -> int:
+        shape = np.shape(self.array)
+        return shape[-1] if len(shape) == self.ndim_spatial + 1 else 1
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.ndim_spatial == 2 and np.ndim(self.array) == 3 and self.channels == 3
+
+    def geometry(self) -> dict:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    def to_sitk(self):
+        import SimpleITK as sitk
+
+        arr = np.asarray(self.array)
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.uint8)
+        img = sitk.GetImageFromArray(arr, isVector=arr.ndim == self.ndim_spatial + 1)
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    @classmethod
+    def from_sitk(cls, img, path: PathLike = "") -> "MedicalImage":
+        import SimpleITK as sitk
+
+        return cls(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path))
+
+    def affine(self) -> np.ndarray:
+        """Homogeneous index -> physical matrix, both in numpy axis order ((z, y, x) or (y, x))."""
+        n = self.ndim_spatial
+        lin = np.asarray(self.direction, float).reshape(n, n) @ np.diag(self.spacing)
+        out = np.eye(n + 1)
+        out[:n, :n] = lin[::-1, ::-1]
+        out[:n, n] = np.asarray(self.origin, float)[::-1]
+        return out
+
+
+def _suffix(path: PathLike) -> str:
+    name = Path(path).name.lower()
+    for ext in SUPPORTED_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+def is_supported(path: PathLike) -> bool:
+    """True if ``path`` has a file extension :func:`read_image` reads (folders are not checked)."""
+    return _suffix(path) in SUPPORTED_EXTENSIONS
+
+
+def _sitk_reason(exc: Exception, path: PathLike) -> str:
+    """The useful part of a SimpleITK/ITK error message, without the C++ source locations."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    keep = [ln.split("ERROR:", 1)[-1].strip() for ln in lines if "Exception thrown in" not in ln]
+    text = " ".join(k for k in keep if k) or type(exc).__name__
+    text = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", text)  # ITK object addresses
+    return text.replace(str(path), Path(path).name)[:300]
+
+
+def _missing_data_file(p: Path) -> Optional[str]:
+    """The data file a detached header (.mhd, .nhdr) names, if it is missing."""
+    with open(p, "rb") as f:
+        head = f.read(8192).decode("latin-1")
+    m = re.search(r"^\s*(?:ElementDataFile\s*=|data ?file\s*:)\s*(\S+)\s*$", head, re.M | re.I)
+    if not m or m.group(1).upper() in ("LOCAL", "LIST") or "%" in m.group(1):
+        return None
+    data = p.parent / m.group(1)
+    return None if data.exists() else f"its data file {data.name} is missing"
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def read_image(path: PathLike, series_uid: Optional[str] = None) -> MedicalImage:
+    """Read an image file or a DICOM series folder; see the module docstring for geometry rules.
+
+    2D RGBA/grey+alpha images lose their alpha channel; multichannel 3D images are refused.
+    Raises :class:`ImageReadError` (naming the path and the reason) for anything unreadable.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"{p}: no such file or folder")
+    if p.is_dir():
+        from .dicom import read_dicom_series
+
+        return read_dicom_series(p, series_uid)
+    ext = _suffix(p)
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ImageReadError(f"{p}: unsupported file type '{ext or p.name}'; supported: "
+                             f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM series folder")
+    if p.stat().st_size == 0:
+        raise ImageReadError(f"{p}: empty file (0 bytes)")
+    if ext == ".gif":
+        return _read_with_pil(p, ext)
+    import SimpleITK as sitk
+
+    problem = {".nii": _nifti_problem, ".nii.gz": _nifti_problem, ".mhd": _missing_data_file,
+               ".nhdr": _missing_data_file}.get(ext, lambda _: None)(p)
+    if problem:
+        raise ImageReadError(f"{p}: unreadable {_FORMAT[ext]} file: {problem}")
+    try:
+        img = sitk.ReadImage(str(p))
+    except RuntimeError as e:
+        if ext in BITMAP_EXTENSIONS:  # e.g. grey+alpha PNG, which ITK cannot read
+            return _read_with_pil(p, ext, f"SimpleITK: {_sitk_reason(e, p)}")
+        raise ImageReadError(f"{p}: not a readable {_FORMAT[ext]} file (corrupt, truncated or another "
+                             f"format): {_sitk_reason(e, p)}") from e
+    return image_from_sitk(img, p, bitmap=ext in BITMAP_EXTENSIONS)
+
+
+def image_from_sitk(img, path: PathLike, bitmap: bool = False) -> MedicalImage:
+    """Apply the reading rules (dimensions, channels, bitmap geometry) to a SimpleITK image."""
+    import SimpleITK as sitk
+
+    dim, comps = img.GetDimension(), img.GetNumberOfComponentsPerPixel()
+    if dim not in (2, 3):
+        raise ImageReadError(f"{path}: {dim}D images are not supported (only 2D and 3D)")
+    if "complex" in img.GetPixelIDTypeAsString():
+        raise ImageReadError(f"{path}: complex-valued pixels are not supported")
+    arr = sitk.GetArrayFromImage(img)
+    if comps > 1:
+        if dim == 3:
+            raise ImageReadError(f"{path}: 3D image with {comps} components per voxel; only single-channel "
+                                 f"volumes (and 2D RGB images) are supported")
+        if comps not in (2, 3, 4):
+            raise ImageReadError(f"{path}: 2D image with {comps} channels; expected grey, RGB or RGBA")
+        arr = arr[..., 0] if comps == 2 else np.ascontiguousarray(arr[..., :3])
+    if bitmap:
+        return MedicalImage(arr, (1.0,) * dim, (0.0,) * dim, tuple(np.eye(dim).ravel()), str(path))
+    return MedicalImage(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path))
+
+
+def _read_with_pil(p: Path, ext: str, why: str = "") -> MedicalImage:
+    """2D bitmaps ITK cannot read (GIF, grey+alpha, ...) with Pillow: the first frame, grey or RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                warnings.warn(f"{p}: {im.n_frames} frames; reading the first", UserWarning, stacklevel=3)
+            im.seek(0)
+            if im.mode == "P":
+                im = im.convert("L" if _grey_palette(im) else "RGB")
+            if im.mode in ("LA", "La", "1"):
+                im = im.convert("L")
+            elif im.mode not in ("L", "I", "I;16", "F"):
+                im = im.convert("RGB")
+            arr = np.array(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        reason = "; ".join(r for r in (why, f"Pillow: {e}") if r)
+        raise ImageReadError(f"{p}: not a readable {_FORMAT[ext]} file (corrupt, truncated or another "
+                             f"format): {reason}") from e
+    return MedicalImage(arr, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), str(p))
+
+
+def _grey_palette(im) -> bool:
+    pal = np.asarray(im.getpalette() or [], np.int32)
+    pal = pal[: len(pal) // 3 * 3].reshape(-1, 3)
+    return bool(len(pal)) and bool((pal == pal[:, :1]).all())
+
+
+def _nifti_problem(p: Path) -> Optional[str]:
+    """ITK zero-fills truncated NIfTI data silently; check the data length against the header."""
+    opener = gzip.open if p.name.lower().endswith(".gz") else open
+    try:
+        with opener(p, "rb") as f:
+            head = f.read(540)
+            if len(head) < 348:
+                return f"header is {len(head)} bytes, a NIfTI header needs 348"
+            for endian in "<>":
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size == 348:
+                    dims = struct.unpack(endian + "8h", head[40:56])
+                    bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                    offset = int(struct.unpack(endian + "f", head[108:112])[0])
+                    break
+                if size == 540:
+                    bitpix = struct.unpack(endian + "h", head[12:14])[0]
+                    dims = struct.unpack(endian + "8q", head[16:80])
+                    offset = struct.unpack(endian + "q", head[168:176])[0]
+                    break
+            else:
+                return None  # not NIfTI at all: let ITK say so
+            n = dims[0] if 0 < dims[0] <= 7 else 0
+            need = max(offset, 348) + int(np.prod([max(d, 1) for d in dims[1:n + 1]])) * bitpix // 8
+            have = len(head)
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                have += len(chunk)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        return f"compressed data is truncated or damaged ({e})"
+    if have < need:
+        return f"truncated: {have} bytes of data, the header needs {need}"
+    return None
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def _as_labels(mask: np.ndarray, path: Path) -> np.ndarray:
+    if mask.size == 0:
+        raise ImageWriteError(f"{path}: the mask is empty (shape {mask.shape})")
+    if mask.dtype == np.bool_:
+        return mask.astype(np.uint8)
+    if mask.dtype.kind not in "fiu":
+        raise ImageWriteError(f"{path}: a mask must hold integer labels, got dtype {mask.dtype}")
+    if mask.dtype.kind == "f" and not (np.isfinite(mask).all() and (mask == np.round(mask)).all()):
+        raise ImageWriteError(f"{path}: the mask holds non-integer or non-finite values; labels must be integers")
+    lo, hi = mask.min(), mask.max()
+    if lo < 0 or hi > 65535:
+        raise ImageWriteError(f"{path}: labels must lie in 0..65535, this mask holds {lo}..{hi}")
+    return mask.astype(np.uint8 if hi <= 255 else np.uint16)
+
+
+def _spatial_dims(arr: np.ndarray, ext: str, reference: Optional[MedicalImage]) -> int:
+    if reference is not None:
+        return reference.ndim_spatial
+    if arr.ndim == 3 and ext in BITMAP_EXTENSIONS and arr.shape[-1] in (3, 4):
+        return 2
+    return arr.ndim
+
+
+def _write(array, path: PathLike, reference: Optional[MedicalImage], overwrite: bool, mask: bool) -> Path:
+    import SimpleITK as sitk
+
+    p = Path(path)
+    ext = _suffix(p)
+    if ext not in WRITE_EXTENSIONS:
+        raise ImageWriteError(f"{p}: cannot write '{ext or p.name}' files; use one of {', '.join(WRITE_EXTENSIONS)}")
+    arr = np.asarray(array)
+    nsp = _spatial_dims(arr, ext, reference)
+    if reference is not None:
+        ref_shape = tuple(np.shape(reference.array)[:nsp])
+        if arr.ndim < nsp or arr.shape[:nsp] != ref_shape:
+            raise ImageWriteError(f"{p}: shape {arr.shape} does not match the reference image "
+                                  f"{reference.path or ''} of spatial shape {ref_shape}".replace("  ", " "))
+    if nsp not in (2, 3) or arr.ndim not in ((nsp,) if mask else (nsp, nsp + 1)):
+        what = "mask" if mask else "image"
+        raise ImageWriteError(f"{p}: cannot write a {what} of shape {arr.shape} "
+                              f"({'2D or 3D label maps' if mask else '2D/3D, optionally with channels last'})")
+    if ext in BITMAP_EXTENSIONS and nsp != 2:
+        raise ImageWriteError(f"{p}: {_FORMAT[ext]} holds 2D images only; this one is {nsp}D (use .nii.gz)")
+    arr = _as_labels(arr, p) if mask else arr
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    elif arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    if p.is_dir():
+        raise ImageWriteError(f"{p}: is a folder")
+    if p.exists() and not overwrite:
+        raise FileExistsError(f"{p}: file exists; pass overwrite=True to replace it")
+    try:
+        img = sitk.GetImageFromArray(arr, isVector=arr.ndim == nsp + 1)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ImageWriteError(f"{p}: cannot convert an array of dtype {arr.dtype}: {e}") from e
+    if reference is not None and ext not in BITMAP_EXTENSIONS:
+        img.SetSpacing(reference.spacing)
+        img.SetOrigin(reference.origin)
+        try:
+            img.SetDirection(reference.direction)
+        except RuntimeError as e:
+            raise ImageWriteError(f"{p}: invalid reference direction {reference.direction}") from e
+    _atomic_write(img, p, overwrite, compress=ext in (".mha", ".nrrd", ".png", ".tif", ".tiff"))
+    return p
+
+
+def _atomic_write(img, p: Path, overwrite: bool, compress: bool) -> None:
+    import SimpleITK as sitk
+
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".medkd-write-", dir=p.parent))
+    try:
+        try:
+            sitk.WriteImage(img, str(tmp / p.name), useCompression=compress)
+        except RuntimeError as e:
+            raise ImageWriteError(f"{p}: writing failed: {_sitk_reason(e, tmp / p.name)}") from e
+        produced = sorted(tmp.iterdir(), key=lambda f: f.name == p.name)  # data files first, header last
+        if not overwrite:
+            clash = [str(p.parent / f.name) for f in produced if (p.parent / f.name).exists()]
+            if clash:
+                raise FileExistsError(f"{', '.join(clash)}: file exists; pass overwrite=True to replace it")
+        for f in produced:
+            os.replace(f, p.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_image(array, path: PathLike, reference: Optional[MedicalImage] = None,
+                overwrite: bool = False) -> Path:
+    """Write an image (dtype kept; channels last allowed) with ``reference``'s geometry; returns the path."""
+    return _write(array, path, reference, overwrite, mask=False)
+
+
+def write_mask(mask, path: PathLike, reference: Optional[MedicalImage] = None, overwrite: bool = False) -> Path:
+    """Write a label map as uint8 (uint16 above 255) with ``reference``'s spacing, origin and direction.
+
+    Label values are stored as they are (a binary PNG holds 0/1, not 0/255). Raises
+    :class:`ImageWriteError` on a bad mask, format or shape mismatch, ``FileExistsError`` if the
+    file exists and ``overwrite`` is false.
+    """
+    return _write(mask, path, reference, overwrite, mask=True)
