@@ -1,0 +1,181 @@
+"""Intensity normalisation, resampling and padding: pure numpy functions shared by training and inference.
+
+:func:`preprocess_image` is the one entry point both call, so a model sees the same input in both.
+Arrays come back channel-first float32: 2D -> ``(C, y, x)``, 3D -> ``(C, z, y, x)``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .datasets import normalize_modality
+
+RGB_MODES = ("green", "rgb")
+
+
+def _zscore(x: np.ndarray, percentiles: Tuple[float, float]) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    lo, hi = np.percentile(x, percentiles)
+    x = np.clip(x, lo, hi)
+    mean, std = float(x.mean()), float(x.std())
+    return ((x - mean) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+
+
+def normalize_intensity(array: np.ndarray, modality: str, *, ct_window: Sequence[float] = (-160.0, 240.0),
+                        percentiles: Sequence[float] = (0.5, 99.5), rgb_mode: str = "green") -> np.ndarray:
+    """Normalise one image and return it channel-first float32.
+
+    CT: clip to ``ct_window`` and scale to [0, 1]. MR / grey: clip to ``percentiles`` then z-score over
+    the whole image. RGB (``array`` is ``(..., 3)``): ``"green"`` -> the green channel alone, z-scored;
+    ``"rgb"`` -> three channels, each z-scored. Grey input with modality RGB is treated as grey
+    (``"rgb"`` repeats it to 3 channels so the channel count stays the same).
+    """
+    mod = normalize_modality(modality)
+    a = np.asarray(array)
+    pct = (float(percentiles[0]), float(percentiles[1]))
+    if mod == "CT":
+        lo, hi = float(ct_window[0]), float(ct_window[1])
+        if not hi > lo:
+            raise ValueError(f"CT window must be (low, high) with low < high, got {tuple(ct_window)}")
+        out = (np.clip(a.astype(np.float32), lo, hi) - lo) / (hi - lo)
+        return out[None].astype(np.float32)
+    if mod in ("MR", "grey"):
+        return _zscore(a, pct)[None]
+    if rgb_mode not in RGB_MODES:
+        raise ValueError(f"rgb_mode must be one of {RGB_MODES}, got '{rgb_mode}'")
+    if a.ndim >= 3 and a.shape[-1] in (3, 4):
+        chans = np.moveaxis(a[..., :3], -1, 0)
+        if rgb_mode == "green":
+            return _zscore(chans[1], pct)[None]
+        return np.stack([_zscore(c, pct) for c in chans]).astype(np.float32)
+    z = _zscore(a, pct)[None]  # grey image in an RGB set
+    return np.repeat(z, 3, axis=0) if rgb_mode == "rgb" else z
+
+
+@dataclass
+class PreprocessConfig:
+    modality: str = "grey"                       # CT | MR | RGB | grey
+    rgb_mode: str = "green"                      # green | rgb
+    ct_window: Tuple[float, float] = (-160.0, 240.0)
+    percentiles: Tuple[float, float] = (0.5, 99.5)
+    target_spacing: Optional[Tuple[float, ...]] = None  # SimpleITK (x, y[, z]) order; None = keep
+    slice_axis: int = 0                          # numpy spatial axis along which 3D volumes are cut
+
+    def __post_init__(self):
+        self.modality = normalize_modality(self.modality)
+        if self.rgb_mode not in RGB_MODES:
+            raise ValueError(f"rgb_mode must be one of {RGB_MODES}, got '{self.rgb_mode}'")
+        self.ct_window = tuple(float(v) for v in self.ct_window)
+        self.percentiles = tuple(float(v) for v in self.percentiles)
+        if len(self.ct_window) != 2 or len(self.percentiles) != 2:
+            raise ValueError("ct_window and percentiles need two values each")
+        if self.target_spacing is not None:
+            self.target_spacing = tuple(float(v) for v in self.target_spacing)
+            if any(v <= 0 for v in self.target_spacing):
+                raise ValueError(f"target_spacing must be positive, got {self.target_spacing}")
+        self.slice_axis = int(self.slice_axis)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        for k in ("ct_window", "percentiles", "target_spacing"):
+            d[k] = list(d[k]) if d[k] is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "PreprocessConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing settings {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**{k: v for k, v in d.items() if v is not None or k == "target_spacing"})
+
+
+def _n_spatial(img) -> int:
+    return len(img.spacing)
+
+
+def preprocess_image(img, cfg: PreprocessConfig) -> np.ndarray:
+    """Normalise a :class:`MedicalImage` as ``cfg`` says; returns channel-first float32.
+
+    Resampling to ``cfg.target_spacing`` is the caller's step (:func:`resample_to_spacing`), because
+    the caller needs the resampled geometry to map predictions back.
+    """
+    arr = np.asarray(img.array)
+    nsp = _n_spatial(img)
+    is_vector = arr.ndim == nsp + 1
+    if arr.ndim not in (nsp, nsp + 1):
+        raise ValueError(f"{getattr(img, 'path', '') or 'image'}: array shape {arr.shape} does not fit "
+                         f"{nsp} spatial axes")
+    if is_vector and cfg.modality != "RGB":
+        arr = arr[..., :3].astype(np.float32).mean(axis=-1)  # colour image, grey model: luminance
+    out = normalize_intensity(arr, cfg.modality, ct_window=cfg.ct_window, percentiles=cfg.percentiles,
+                              rgb_mode=cfg.rgb_mode)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def resample_to_spacing(img, spacing: Sequence[float], is_label: bool = False):
+    """Resample a :class:`MedicalImage` to ``spacing`` (SimpleITK x, y[, z] order), keeping origin and
+    direction; linear interpolation for images, nearest neighbour for labels."""
+    import SimpleITK as sitk
+
+    from ..io.image_io import MedicalImage
+
+    nsp = _n_spatial(img)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != nsp:
+        raise ValueError(f"{getattr(img, 'path', '') or 'image'}: target spacing {spacing} has "
+                         f"{len(spacing)} values, the image has {nsp} spatial axes")
+    arr = np.asarray(img.array)
+    is_vector = arr.ndim == nsp + 1
+    src_dtype = arr.dtype
+    if not is_label and arr.dtype.kind != "f":
+        arr = arr.astype(np.float32)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    src = sitk.GetImageFromArray(arr, isVector=is_vector)
+    src.SetSpacing(tuple(float(s) for s in img.spacing))
+    src.SetOrigin(tuple(float(o) for o in img.origin))
+    src.SetDirection(tuple(float(d) for d in np.asarray(img.direction).ravel()))
+    old_size = np.array(src.GetSize(), dtype=float)
+    new_size = [max(1, int(round(n))) for n in old_size * np.array(img.spacing, float) / np.array(spacing)]
+    interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+    out = sitk.Resample(src, new_size, sitk.Transform(nsp, sitk.sitkIdentity), interp, src.GetOrigin(), spacing,
+                        src.GetDirection(), 0, src.GetPixelID())
+    res = sitk.GetArrayFromImage(out)
+    if is_label and res.dtype != src_dtype:
+        res = res.astype(src_dtype)
+    return MedicalImage(res, spacing, tuple(img.origin), tuple(np.asarray(img.direction).ravel()),
+                        getattr(img, "path", None))
+
+
+PadSpec = Tuple[Tuple[int, int], ...]
+
+
+def pad_to_multiple(array: np.ndarray, k: int, n_spatial: Optional[int] = None, mode: str = "constant",
+                    **kwargs) -> Tuple[np.ndarray, PadSpec]:
+    """Pad the last ``n_spatial`` axes (default: all) at their end to a multiple of ``k``.
+
+    Returns ``(padded, pad_spec)``; ``pad_spec`` holds ``(before, after)`` for those trailing axes, and
+    :func:`crop_back` undoes it on any array whose trailing axes match (e.g. a label map).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = array.ndim if n_spatial is None else int(n_spatial)
+    if not 0 <= n <= array.ndim:
+        raise ValueError(f"n_spatial={n_spatial} for an array with {array.ndim} axes")
+    spec = tuple((0, (-s) % k) for s in array.shape[array.ndim - n:])
+    if not any(a for _, a in spec):
+        return array, spec
+    full = ((0, 0),) * (array.ndim - n) + spec
+    return np.pad(array, full, mode=mode, **kwargs), spec
+
+
+def crop_back(array: np.ndarray, pad_spec: PadSpec) -> np.ndarray:
+    """Remove the padding ``pad_to_multiple`` added to the trailing axes."""
+    n = len(pad_spec)
+    if n > array.ndim:
+        raise ValueError(f"pad spec for {n} axes but the array has {array.ndim}")
+    sl = tuple(slice(b, array.shape[array.ndim - n + i] - a) for i, (b, a) in enumerate(pad_spec))
+    return array[(Ellipsis,) + sl]
