@@ -86,7 +86,7 @@ def _gkd(teacher_info, student_info, num_classes, dim: int = 512, grid: int = 8,
     from .terms.gkd_msan import GKDAlignment
 
     al = GKDAlignment.from_infos(teacher_info, student_info, dim=dim, grid=grid, spatial_dims=spatial_dims)
-    kw = {"alignment": al, "spatial_dims": spatial_dims}
+    kw = {"alignment": al}  # spatial_dims already lives in the shared alignment
     return [("gkd_dcgd", w_dcgd, TERMS.get("gkd_dcgd")(teacher_info, student_info, num_classes, **kw)),
             ("gkd_dicd", w_dicd, TERMS.get("gkd_dicd")(teacher_info, student_info, num_classes, **kw))]
 

@@ -233,8 +233,11 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
                 "sampler": json.dumps(sampler.get_state()), "torch_rng": torch.get_rng_state(),
             }, path)
 
+        last_val = -1
+
         def run_validation() -> None:
-            nonlocal best
+            nonlocal best, last_val
+            last_val = it
             if not main:
                 return
             res = validate(model, val_prep, device, cfg.data.slice_axis, num_classes) if val_prep else \
@@ -279,7 +282,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
                      progress=min(1.0, budget_fraction(tc, it, elapsed)))
             if it % tc.val_every == 0:
                 run_validation()
-        if status == "finished":
+        if status == "finished" and last_val != it:
             run_validation()
         else:
             checkpoint(last_path, best)
