@@ -170,6 +170,18 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    suite = Path(args.suite)
+    if not suite.suffix:
+        suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / f"{args.suite}.yaml"
+    if not suite.exists():
+        raise CLIError(f"suite {suite} not found")
+    run_bench(suite, args.preset, Path(args.results))
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
@@ -225,6 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list registered models with parameters and MACs")
     p.add_argument("--size", type=int, default=256)
     p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("bench", help="run a benchmark suite (resumable): table, CSV and plots")
+    p.add_argument("--suite", required=True, help="suite name in benchmarks/suites or a YAML path")
+    p.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (the papers' sizes)")
+    p.add_argument("--results", default="results")
+    p.set_defaults(fn=cmd_bench)
+
+    from .export.onnx_export import add_cli as add_export
+    from .inference.ort_infer import add_cli as add_infer
+
+    add_export(sub)
+    add_infer(sub)
 
     p = sub.add_parser("pipeline", help="the one-click job: teacher, student, evaluation and report")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"))
