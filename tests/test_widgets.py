@@ -305,7 +305,8 @@ def gkd_runs(tiny_msd, tmp_path_factory):
 
 
 def test_gkd_alignment_fsd_and_graph_on_a_volume(make_napari_viewer, qtbot, gkd_runs):
-    from napari_medkd._widgets.alignment_widget import AlignmentWidget, load_msan
+    from napari_medkd._widgets.alignment_widget import AlignmentWidget
+    from napari_medkd.metrics.fsd import load_run_msan as load_msan
     from napari_medkd._widgets.graph_widget import GRAPH_TYPES, GraphWidget
     from napari_medkd.distill.terms.gkd_msan import MSANHeader
 

@@ -15,61 +15,17 @@ teacher and student semantic vectors (``semantic_vectors``) over the slices of t
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, Select
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
+from ..metrics.fsd import load_run_msan as load_msan
 from ._features import assemble_volume, input_batches, model_input, taps_on, to_image_grid
 
 TAPS = ("bottleneck", "enc_high", "enc_low", "dec_low")
-
-
-def _header_from_state(state: Dict[str, Any], prefix: str, spatial_dims: int):
-    from ..distill.terms.gkd_msan import MSANHeader
-
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not sub:
-        return None
-    dim, channels = sub["to_vec.weight"].shape
-    hidden, cells = sub["down.0.weight"].shape
-    grid = int(round(cells ** (1.0 / spatial_dims)))
-    header = MSANHeader(channels, dim, grid, hidden, spatial_dims)
-    header.load_state_dict(sub)
-    return header.eval()
-
-
-def load_msan(student_run, spatial_dims: int) -> Optional[Tuple[Any, Any, str]]:
-    """(teacher MSAN, student MSAN, source) of a GKD run, or None when the run has none.
-
-    The student MSAN keeps training during distillation, so the checkpoint's task state is used
-    when present; the ACT stage file ``stages/msan.pt`` otherwise.
-    """
-    from ..inference.run_model import checkpoint_path
-    from ..train.checkpoint import load_checkpoint
-
-    run = Path(student_run)
-    candidates: List[Tuple[Dict[str, Any], str]] = []
-    try:
-        path = checkpoint_path(run)
-        ckpt = load_checkpoint(path)
-        for label, term_state in ((ckpt.get("task") or {}).get("terms") or {}).items():
-            candidates.append((term_state, f"{path.name} ({label})"))
-    except Exception:  # noqa: BLE001 - a run without a readable task state falls back to the stage
-        pass
-    stage = run / "stages" / "msan.pt"
-    if stage.is_file():
-        candidates.append(({f"alignment.{k}": v for k, v in load_checkpoint(stage)["model"].items()},
-                           "stages/msan.pt"))
-    for state, source in candidates:
-        t = _header_from_state(state, "alignment.teacher_msan.", spatial_dims)
-        s = _header_from_state(state, "alignment.student_msan.", spatial_dims)
-        if t is not None and s is not None:
-            return t, s, source
-    return None
 
 
 def _local_cosine(a, b, k: int = 3, eps: float = 1e-8):

@@ -9,7 +9,8 @@ The estimate is biased upwards for small N; keep N fixed (and >> d) across compa
 """
 from __future__ import annotations
 
-from typing import Iterable, Union
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -86,3 +87,82 @@ def semantic_vectors(model, msan_header, images: Union[np.ndarray, Iterable], ba
     if not out:
         raise ValueError("semantic_vectors: no images were given")
     return np.concatenate(out, 0)
+
+
+def _header_from_state(state: Dict[str, Any], prefix: str, spatial_dims: int):
+    from ..distill.terms.gkd_msan import MSANHeader
+
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        return None
+    dim, channels = sub["to_vec.weight"].shape
+    hidden, cells = sub["down.0.weight"].shape
+    grid = int(round(cells ** (1.0 / spatial_dims)))
+    header = MSANHeader(channels, dim, grid, hidden, spatial_dims)
+    header.load_state_dict(sub)
+    return header.eval()
+
+
+def load_run_msan(student_run, spatial_dims: int) -> Optional[Tuple[Any, Any, str]]:
+    """(teacher MSAN, student MSAN, source) of a GKD run, or None when the run has none.
+
+    The student MSAN keeps training during distillation, so the checkpoint's task state is used
+    when present; the ACT stage file ``stages/msan.pt`` otherwise.
+    """
+    from ..inference.run_model import checkpoint_path
+    from ..train.checkpoint import load_checkpoint
+
+    run = Path(student_run)
+    candidates: List[Tuple[Dict[str, Any], str]] = []
+    try:
+        path = checkpoint_path(run)
+        ckpt = load_checkpoint(path)
+        for label, term_state in ((ckpt.get("task") or {}).get("terms") or {}).items():
+            candidates.append((term_state, f"{path.name} ({label})"))
+    except Exception:  # noqa: BLE001 - a run without a readable task state falls back to the stage
+        pass
+    stage = run / "stages" / "msan.pt"
+    if stage.is_file():
+        candidates.append(({f"alignment.{k}": v for k, v in load_checkpoint(stage)["model"].items()},
+                           "stages/msan.pt"))
+    for state, source in candidates:
+        t = _header_from_state(state, "alignment.teacher_msan.", spatial_dims)
+        s = _header_from_state(state, "alignment.student_msan.", spatial_dims)
+        if t is not None and s is not None:
+            return t, s, source
+    return None
+
+
+def tiles(image: np.ndarray, size: int) -> np.ndarray:
+    """Non-overlapping ``size``-sided tiles (N, C, size, size) of a preprocessed (C, H, W) image."""
+    c, h, w = image.shape
+    out = [image[:, y:y + size, x:x + size] for y in range(0, h - size + 1, size) for x in range(0, w - size + 1, size)]
+    if not out:
+        raise ValueError(f"image of {h}x{w} is smaller than one {size}x{size} tile")
+    return np.stack(out)
+
+
+def domain_fsd(run, header, source_images: Sequence, target_images: Sequence, tile: int = 96,
+               n: Optional[int] = None, seed: int = 0) -> Dict[str, float]:
+    """FSD between a 2D model's semantic vectors on two domains (GKD's domain-invariance pairing).
+
+    The images (paths) are preprocessed as the run was trained, cut into ``tile``-sided tiles, and
+    encoded as ``header.encode(bottleneck)``; both sets are subsampled to the same N (the smaller
+    count, or ``n``) because the estimate's bias depends on N. ``header`` is an MSAN header that
+    fits the model's bottleneck (for instance the student MSAN of a GKD run, used as a fixed probe).
+    """
+    from ..data.preprocess import PreprocessConfig
+    from ..inference.run_model import load_run_model
+    from ..io.image_io import read_image
+    from ..train.data import prepare_image
+
+    lm = load_run_model(run, device="cpu")
+    pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
+    sets = []
+    for paths in (source_images, target_images):
+        arr = np.concatenate([tiles(prepare_image(read_image(p), pcfg)[0], tile) for p in paths])
+        sets.append(semantic_vectors(lm.model, header, arr, batch_size=32))
+    k = min(len(sets[0]), len(sets[1]), n or 10 ** 9)
+    rng = np.random.default_rng(seed)
+    a, b = (s[rng.choice(len(s), k, replace=False)] for s in sets)
+    return {"fsd": frechet_semantic_distance(a, b), "n": int(k), "dim": int(a.shape[1])}

@@ -1,0 +1,291 @@
+"""``medkd bench``: a whole comparison from a YAML suite, resumable, with a table, CSV and plots.
+
+A suite names a data set, a teacher, a student, the methods, seeds and budgets (one preset per
+machine kind). Every run lives in ``RESULTS/<suite>/<preset>/runs/<name>``; a finished run (its
+event log ends with status ``finished``) is reused, an unfinished one is resumed, so a stopped
+bench continues where it stopped. Evaluations are cached next to each run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import yaml
+
+from .config import RunConfig
+
+
+@dataclass
+class Suite:
+    name: str
+    data: str
+    teacher: Dict[str, Any]
+    student: str
+    methods: List[str]
+    seeds: List[int]
+    train: Dict[str, Any]
+    data_options: Dict[str, Any]
+    cross_domain: List[str]
+    stage_iterations: Dict[str, int]
+    metric_split: str = "test"
+    fsd_tile: int = 96
+
+    @classmethod
+    def load(cls, path: Path, preset: str) -> "Suite":
+        raw = yaml.safe_load(Path(path).read_text())
+        presets = raw.get("presets", {})
+        if preset not in presets:
+            raise KeyError(f"{path}: no preset '{preset}'; it has {sorted(presets)}")
+        p = presets[preset]
+        base = Path(path).resolve().parent
+        resolve = lambda d: str((base / d).resolve()) if not Path(d).is_absolute() else d  # noqa: E731
+        return cls(name=raw["name"], data=resolve(raw["data"]), teacher=dict(raw["teacher"], **p.get("teacher", {})),
+                   student=raw["student"], methods=list(p.get("methods", raw["methods"])),
+                   seeds=list(p.get("seeds", raw.get("seeds", [0, 1, 2]))), train=dict(p.get("train", {})),
+                   data_options=dict(raw.get("data_options", {}), **p.get("data_options", {})),
+                   cross_domain=[resolve(d) for d in raw.get("cross_domain", [])],
+                   stage_iterations=dict(p.get("stage_iterations", {})),
+                   fsd_tile=int(p.get("fsd_tile", raw.get("fsd_tile", 96))))
+
+
+def _finished(run: Path) -> Optional[bool]:
+    from .train.events import read_events
+
+    ev = run / "events.jsonl"
+    if not ev.exists():
+        return None
+    ends = [e for e in read_events(ev) if e["event"] == "end"]
+    return bool(ends) and ends[-1].get("status") == "finished"
+
+
+def _config(suite: Suite, model: str, seed: int, train_over: Dict[str, Any]) -> RunConfig:
+    cfg = RunConfig()
+    cfg.data.root = suite.data
+    for k, v in suite.data_options.items():
+        setattr(cfg.data, k, v)
+    cfg.model.name = model
+    for k, v in {**suite.train, **train_over}.items():
+        setattr(cfg.train, k, v)
+    cfg.train.seed = seed
+    return cfg
+
+
+def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None) -> None:
+    from .train.engine import run_training
+
+    state = _finished(run)
+    if state:
+        log(f"   reuse {run.name}")
+        return
+    resume = state is False and (run / "config.yaml").exists()
+    log(f"   {'resume' if resume else 'train'} {run.name}")
+    res = run_training(cfg, run, resume=resume, task_factory=task_factory)
+    if res["status"] != "finished":
+        raise RuntimeError(f"{run} ended with status {res['status']}")
+
+
+def _evaluate(run: Path, data: str, tag: str, fsd_ref: Optional[Path] = None) -> Dict[str, Any]:
+    from .evaluate import evaluate_run
+
+    cache = run / f"eval_{tag}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    res = evaluate_run(run, data, split="test")
+    out = {"summary": res.summary, "seconds_per_case": res.seconds_per_case}
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def _ort_ms(run: Path, log) -> float:
+    """Median ms per 512x512 slice of the exported student in onnxruntime (cached)."""
+    cache = run / "ort_ms.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["ms"]
+    try:
+        from .export.onnx_export import export_onnx
+        from .inference.ort_infer import OrtSegmenter
+    except ImportError:
+        return math.nan
+    onnx_path = run / "student.onnx"
+    if not onnx_path.exists():
+        export_onnx(run, onnx_path)
+    seg = OrtSegmenter(onnx_path)
+    x = np.random.default_rng(0).normal(size=(1, seg.in_channels, 512, 512)).astype(np.float32)
+    times = []
+    for _ in range(12):
+        t0 = time.perf_counter()
+        seg.run(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    ms = float(np.median(times[2:]))
+    cache.write_text(json.dumps({"ms": ms}))
+    return ms
+
+
+def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str], None] = print) -> Path:
+    from .distill.task import distill_task_factory
+    from .inference.run_model import load_run_model
+    from .models.cost import count_macs, count_parameters
+
+    suite = Suite.load(suite_path, preset)
+    root = Path(results) / suite.name / preset
+    runs = root / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    log(f"== suite {suite.name} [{preset}] -> {root}")
+    teacher_run = runs / "teacher"
+    tcfg = _config(suite, suite.teacher["model"], 0, {k: v for k, v in suite.teacher.items() if k != "model"})
+    _ensure_run(teacher_run, tcfg, log)
+    rows: List[Dict[str, Any]] = []
+    domains = [("in", suite.data)] + [(Path(d).name, d) for d in suite.cross_domain]
+
+    def record(label: str, method: str, run_list: List[Path]) -> None:
+        lm = load_run_model(run_list[0])
+        params = count_parameters(lm.model)
+        macs = count_macs(lm.model, (1, lm.meta["in_channels"], 256, 256))
+        row: Dict[str, Any] = {"row": label, "method": method, "params": params, "gmacs_256": macs / 1e9,
+                               "seeds": len(run_list)}
+        for tag, data in domains:
+            evs = [_evaluate(r, data, tag) for r in run_list]
+            for metric in ("dice", "hd95"):
+                vals = [e["summary"].get(f"{metric}_mean", {}).get("mean", math.nan) for e in evs]
+                row[f"{metric}_{tag}"] = float(np.nanmean(vals))
+                row[f"{metric}_{tag}_sd"] = float(np.nanstd(vals)) if len(vals) > 1 else math.nan
+        row["ort_ms_512"] = _ort_ms(run_list[0], log) if method != "teacher" else math.nan
+        rows.append(row)
+        row["_runs"] = run_list
+
+    record(f"teacher ({suite.teacher['model']})", "teacher", [teacher_run])
+    for method in suite.methods:
+        run_list = []
+        for seed in suite.seeds:
+            run = runs / f"{method}_s{seed}"
+            cfg = _config(suite, suite.student, seed, {})
+            cfg.distill.teacher = str(teacher_run)
+            cfg.distill.method = method
+            cfg.distill.stage_iterations = suite.stage_iterations
+            factory = None if method == "none" else distill_task_factory(teacher_run, method,
+                                                                          patch_size=cfg.data.patch_size)
+            _ensure_run(run, cfg, log, task_factory=factory)
+            run_list.append(run)
+        record("student alone" if method == "none" else f"student + {method}", method, run_list)
+    _gap(rows)
+    _fsd_columns(rows, suite, domains, runs, log)
+    for r in rows:
+        r.pop("_runs", None)
+    out = write_outputs(rows, root, suite, preset, domains, time.time() - t_start)
+    log(f"== written {out}")
+    return out
+
+
+def _fsd_columns(rows, suite: Suite, domains, runs: Path, log) -> None:
+    """FSD between in-domain and each cross-domain test set, for every student row.
+
+    The probe is one fixed MSAN header for all rows: the student MSAN of the suite's first GKD run
+    (so the student-alone and distilled rows are measured with the same instrument, as FID uses one
+    Inception network). Without a GKD row there is no probe and no FSD column.
+    """
+    from .data.datasets import load_dataset
+    from .metrics.fsd import domain_fsd, load_run_msan
+
+    gkd_run = runs / f"gkd_s{suite.seeds[0]}"
+    if len(domains) < 2 or "gkd" not in suite.methods or not gkd_run.exists():
+        return
+    probe = load_run_msan(gkd_run, 2)
+    if probe is None:
+        return
+    header = probe[1]
+    source = [c.image for c in load_dataset(suite.data).split("test")]
+    for tag, data in domains[1:]:
+        target = [c.image for c in load_dataset(data).split("test")]
+        for r in rows:
+            vals = []
+            for run in r["_runs"] if r["method"] != "teacher" else []:
+                cache = run / f"fsd_{tag}.json"
+                if not cache.exists():
+                    log(f"   FSD {run.name}: {Path(suite.data).name} vs {tag}")
+                    cache.write_text(json.dumps(domain_fsd(run, header, source, target, tile=suite.fsd_tile)))
+                vals.append(json.loads(cache.read_text())["fsd"])
+            r[f"fsd_{tag}"] = float(np.mean(vals)) if vals else math.nan
+            r[f"fsd_{tag}_sd"] = float(np.std(vals)) if len(vals) > 1 else math.nan
+
+
+def _gap(rows: List[Dict[str, Any]]) -> None:
+    t = next(r for r in rows if r["method"] == "teacher")
+    s = next((r for r in rows if r["method"] == "none"), None)
+    for r in rows:
+        for key in [k for k in r if k.startswith("dice_") and not k.endswith("_sd")]:
+            if s is None or not math.isfinite(t[key] - s[key]) or abs(t[key] - s[key]) < 1e-9:
+                r[f"gap_closed_{key[5:]}"] = math.nan
+            else:
+                r[f"gap_closed_{key[5:]}"] = (r[key] - s[key]) / (t[key] - s[key])
+
+
+def _fmt(v, sd=None, nd=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None and math.isfinite(sd) else "")
+
+
+def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds: float) -> Path:
+    keys = list(rows[0].keys())
+    with open(root / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    head = ["model"] + [f"Dice {t}" for t, _ in domains] + [f"HD95 {t}" for t, _ in domains] + \
+        ["params", "GMACs@256²", "ORT ms/512²", "gap closed (in)"]
+    fsd_tags = [t for t, _ in domains[1:] if f"fsd_{t}" in rows[0]]
+    head += [f"FSD in vs {t}" for t in fsd_tags]
+    lines = [f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
+             f"seeds {suite.seeds}; machine: {platform.machine()} {platform.processor() or ''}, "
+             f"{time.strftime('%Y-%m-%d')}; {seconds / 60:.0f} min. "
+             f"Command: `medkd bench --suite {suite.name} --preset {preset}`", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["row"]] + [_fmt(r[f"dice_{t}"], r[f"dice_{t}_sd"]) for t, _ in domains] + \
+            [_fmt(r[f"hd95_{t}"], r[f"hd95_{t}_sd"], 2) for t, _ in domains] + \
+            [f"{r['params']:,}", f"{r['gmacs_256']:.3f}", _fmt(r["ort_ms_512"], nd=1), _fmt(r.get("gap_closed_in"), nd=2)] + \
+            [_fmt(r[f"fsd_{t}"], r[f"fsd_{t}_sd"], 2) for t in fsd_tags]
+        lines.append("| " + " | ".join(cells) + " |")
+    md = root / "results.md"
+    md.write_text("\n".join(lines) + "\n")
+    _plots(rows, root, domains)
+    return md
+
+
+def _plots(rows, root: Path, domains) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.8), 4))
+    x = np.arange(len(rows))
+    width = 0.8 / len(domains)
+    for i, (t, _) in enumerate(domains):
+        ax.bar(x + i * width, [r[f"dice_{t}"] for r in rows], width,
+               yerr=[0 if not math.isfinite(r[f"dice_{t}_sd"]) else r[f"dice_{t}_sd"] for r in rows], label=t,
+               capsize=3)
+    ax.set_xticks(x + width * (len(domains) - 1) / 2, [r["row"] for r in rows], rotation=35, ha="right")
+    ax.set_ylabel("Dice (mean ± sd over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "dice.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for r in rows:
+        if math.isfinite(r["ort_ms_512"]):
+            ax.scatter(r["ort_ms_512"], r["dice_in"])
+            ax.annotate(r["method"], (r["ort_ms_512"], r["dice_in"]), fontsize=7)
+    ax.set_xlabel("onnxruntime ms per 512×512 slice")
+    ax.set_ylabel("Dice")
+    fig.tight_layout()
+    fig.savefig(root / "dice_vs_ms.png", dpi=110)
+    plt.close(fig)
