@@ -186,7 +186,9 @@ def cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
     run_pipeline(Path(args.data), Path(args.out), minutes_teacher=args.teacher_minutes,
-                 minutes_student=args.student_minutes, overwrite=args.overwrite, log=print)
+                 minutes_student=args.student_minutes, method=args.method, minutes_distill=args.distill_minutes,
+                 teacher=args.teacher, student=args.student, export=not args.no_export, overwrite=args.overwrite,
+                 log=print)
     return 0
 
 
@@ -250,11 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_export(sub)
     add_infer(sub)
 
-    p = sub.add_parser("pipeline", help="the one-click job: teacher, student, evaluation and report")
+    p = sub.add_parser("pipeline", help="the one-click job: teacher, student alone, distilled student, "
+                                        "evaluation, ONNX export and report")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"))
     p.add_argument("--out", default="medkd_out")
     p.add_argument("--teacher-minutes", type=float, default=1.5)
-    p.add_argument("--student-minutes", type=float, default=1.0)
+    p.add_argument("--student-minutes", type=float, default=0.75)
+    p.add_argument("--distill-minutes", type=float, help="default: as --student-minutes")
+    p.add_argument("--teacher", default="unet")
+    p.add_argument("--student", default="unet_tiny")
+    p.add_argument("--method", default="mskd", help="distillation preset for the third model ('none': skip)")
+    p.add_argument("--no-export", action="store_true", help="skip the ONNX export of the student")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_pipeline)
     return ap
