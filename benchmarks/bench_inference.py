@@ -228,6 +228,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dice-images", type=int, default=20, help="DRIVE test images for Dice")
     ap.add_argument("--volume-slices", type=int, default=100, help="slices of the 512x512xN volume (0: skip)")
     ap.add_argument("--atol", type=float, default=1e-4, help="export parity tolerance")
+    ap.add_argument("--markdown", help="also write the table as Markdown (with machine, date and command) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -282,7 +283,30 @@ def main(argv=None) -> int:
             continue
         print(f"{label:<24}{params:>10,}{r['ms_b1']:>13.1f}{r['ms_b8']:>13.1f}{1000 / r['ms_b8']:>10.1f}"
               f"{r['peak_mb']:>9.0f}{_fmt(r['dice'], '{:.4f}'):>17}{_fmt(r.get('volume_s')):>14}")
+    if args.markdown:
+        _write_markdown(Path(args.markdown), results, title, n_dice, args, argv)
     return 0
+
+
+def _write_markdown(path: Path, results, title: str, n_dice: int, args, argv) -> None:
+    import platform
+
+    cmd = "python benchmarks/bench_inference.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"Inference on {SIZE}×{SIZE} slices, {args.threads} threads, {title}; "
+             f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, {time.strftime('%Y-%m-%d')}. "
+             f"Command: `{cmd.strip()}`", "",
+             f"| backend | params | ms/slice (batch 1) | ms/slice (batch 8) | slices/s | peak MB | "
+             f"Dice ({n_dice} DRIVE test, FOV) | {args.volume_slices}-slice 512² volume, s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, params, r in results:
+        if "error" in r:
+            lines.append(f"| {label} | {params:,} | failed: {r['error']} | | | | | |")
+            continue
+        lines.append(f"| {label} | {params:,} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} | {1000 / r['ms_b8']:.1f} | "
+                     f"{r['peak_mb']:.0f} | {_fmt(r['dice'], '{:.4f}')} | {_fmt(r.get('volume_s'), '{:.2f}')} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"written {path}")
 
 
 if __name__ == "__main__":

@@ -128,12 +128,19 @@ def _ort_ms(run: Path, log) -> float:
     return ms
 
 
-def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str], None] = print) -> Path:
+def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str], None] = print,
+              methods: Optional[List[str]] = None) -> Path:
+    """Run (or resume) a suite; ``methods`` limits this call to some of the suite's methods."""
     from .distill.task import distill_task_factory
     from .inference.run_model import load_run_model
     from .models.cost import count_macs, count_parameters
 
     suite = Suite.load(suite_path, preset)
+    if methods:
+        unknown = sorted(set(methods) - set(suite.methods))
+        if unknown:
+            raise KeyError(f"{suite_path}: methods {unknown} are not in the suite ({suite.methods})")
+        suite.methods = [m for m in suite.methods if m in methods]
     root = Path(results) / suite.name / preset
     runs = root / "runs"
     runs.mkdir(parents=True, exist_ok=True)

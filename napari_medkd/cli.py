@@ -178,7 +178,7 @@ def cmd_bench(args) -> int:
         suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / f"{args.suite}.yaml"
     if not suite.exists():
         raise CLIError(f"suite {suite} not found")
-    run_bench(suite, args.preset, Path(args.results))
+    run_bench(suite, args.preset, Path(args.results), methods=args.methods)
     return 0
 
 
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", required=True, help="suite name in benchmarks/suites or a YAML path")
     p.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (the papers' sizes)")
     p.add_argument("--results", default="results")
+    p.add_argument("--methods", nargs="+", help="only these of the suite's methods (the rest can follow later)")
     p.set_defaults(fn=cmd_bench)
 
     from .export.onnx_export import add_cli as add_export

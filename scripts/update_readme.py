@@ -1,0 +1,61 @@
+"""Copy the latest benchmark outputs into the repository and paste their tables into the README.
+
+    python scripts/update_readme.py [--results results]
+
+1. For every ``RESULTS/<suite>/<preset>/results.md`` it copies ``results.md``, ``results.csv`` and the
+   plots to ``benchmarks/results/<suite>_<preset>/`` (the run folders with checkpoints stay out).
+2. In README.md every block ``<!-- include: PATH -->`` ... ``<!-- /include -->`` is replaced by
+   the current text of PATH (relative to the repository root), so no number in the README is
+   typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /include -->)", re.S)
+
+
+def copy_results(results: Path) -> list[Path]:
+    copied = []
+    for md in sorted(results.glob("*/*/results.md")):
+        preset, suite = md.parent.name, md.parent.parent.name
+        dst = ROOT / "benchmarks" / "results" / f"{suite}_{preset}"
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "results.csv", "dice.png", "dice_vs_ms.png"):
+            if (md.parent / name).exists():
+                shutil.copy2(md.parent / name, dst / name)
+        copied.append(dst)
+    return copied
+
+
+def fill_readme(readme: Path) -> int:
+    text = readme.read_text()
+    count = 0
+
+    def sub(m: re.Match) -> str:
+        nonlocal count
+        path = ROOT / m.group("path")
+        if not path.exists():
+            return m.group(0)
+        count += 1
+        return m.group(1) + path.read_text().rstrip("\n") + "\n" + m.group(4)
+
+    readme.write_text(BLOCK.sub(sub, text))
+    return count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "results"))
+    args = ap.parse_args()
+    for d in copy_results(Path(args.results)):
+        print(f"copied {d.relative_to(ROOT)}")
+    print(f"README: {fill_readme(ROOT / 'README.md')} block(s) filled")
+
+
+if __name__ == "__main__":
+    main()
