@@ -123,10 +123,37 @@ def cmd_evaluate(args) -> int:
     res = evaluate_run(args.model, args.data, split=args.split, which=args.checkpoint, surface=not args.no_surface)
     print(res.table())
     print(f"seconds per case: {res.seconds_per_case:.3f}")
+    fsd = None
+    if args.fsd_against:
+        fsd = _fsd_for_evaluate(args)
+        print(f"FSD ({Path(args.data).name} {args.split} vs {Path(args.fsd_against).name} {args.split}, "
+              f"MSAN of {fsd['probe']}, N={fsd['n']}, d={fsd['dim']}): {fsd['fsd']:.4f}")
     if args.out:
         res.write(Path(args.out))
-        print(f"written: {args.out}/per_case.csv, summary.json")
+        if fsd is not None:
+            (Path(args.out) / "fsd.json").write_text(json.dumps(fsd, indent=1))
+        print(f"written: {args.out}/per_case.csv, summary.json" + (", fsd.json" if fsd is not None else ""))
     return 0
+
+
+def _fsd_for_evaluate(args) -> dict:
+    from .data.datasets import load_dataset
+    from .metrics.fsd import domain_fsd, load_run_msan
+
+    probe_run = Path(args.msan or args.model)
+    msan = load_run_msan(probe_run, 2)
+    if msan is None:
+        raise CLIError(f"{probe_run} holds no MSAN (it is not a GKD run); pass --msan GKD_RUN whose student "
+                       "has the same architecture")
+    sets = []
+    for root in (args.data, args.fsd_against):
+        cases = [c.image for c in load_dataset(root).split(args.split)]
+        if not cases:
+            raise CLIError(f"{root} has no '{args.split}' cases for FSD")
+        sets.append(cases)
+    out = domain_fsd(args.model, msan[1], sets[0], sets[1], tile=args.fsd_tile)
+    out["probe"] = f"{probe_run} ({msan[2]})"
+    return out
 
 
 def cmd_predict(args) -> int:
@@ -222,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--no-surface", action="store_true", help="skip HD95/ASD (faster)")
     p.add_argument("--out", help="folder for per_case.csv and summary.json")
+    p.add_argument("--fsd-against", metavar="DATA2", help="also the Fréchet Semantic Distance between this split "
+                   "of --data and of DATA2 (another domain), from the student MSAN of a GKD run")
+    p.add_argument("--msan", metavar="GKD_RUN", help="take the MSAN probe from this GKD run (default: --model)")
+    p.add_argument("--fsd-tile", type=int, default=96, help="tile size for the FSD semantic vectors")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="segment files with a trained torch model")

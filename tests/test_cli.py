@@ -81,3 +81,23 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
                  "--out", str(tmp_path / "r")] + _budget()) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "Traceback" not in err
+
+
+def test_evaluate_reports_fsd_for_a_gkd_student(teacher, tiny_vessels, tmp_path, capsys):
+    import yaml
+
+    cfg = tmp_path / "gkd.yaml"
+    cfg.write_text(yaml.safe_dump({"distill": {"stage_iterations": {"msan": 2}}}))
+    student = tmp_path / "gkd"
+    assert main(["distill", "--data", str(tiny_vessels), "--teacher", str(teacher), "--student", "unet_tiny",
+                 "--method", "gkd", "--out", str(student), "--config", str(cfg)] + _budget(2)) == 0
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(student), "--data", str(tiny_vessels), "--no-surface",
+                 "--fsd-against", str(tiny_vessels), "--fsd-tile", "32", "--out", str(ev)]) == 0
+    fsd = json.loads((ev / "fsd.json").read_text())
+    assert fsd["n"] == 8 and 0 <= fsd["fsd"] < 1e-6  # same images on both sides: 2 x 4 tiles, distance 0
+    assert "FSD" in capsys.readouterr().out
+    # a student without an MSAN needs a probe
+    assert main(["evaluate", "--model", str(teacher), "--data", str(tiny_vessels), "--no-surface",
+                 "--fsd-against", str(tiny_vessels), "--fsd-tile", "32"]) == 2
+    assert "MSAN" in capsys.readouterr().err
