@@ -66,3 +66,46 @@ def test_teacher_with_other_classes_is_refused(tiny_msd, teacher_run, tmp_path):
     factory = distill_task_factory(teacher_run, "logit_kd", patch_size=32)
     with pytest.raises(DistillError, match="classes"):
         run_training(cfg, tmp_path / "bad", task_factory=factory)
+
+
+def test_cached_teacher_logits_equal_the_teacher_on_the_fixed_view(teacher_run, tiny_vessels, tmp_path):
+    """With the whole 64x64 image as the patch and no augmentation, the cached logits in a batch are
+    exactly the teacher's logits on that image; a run with the cache trains and logs the stage."""
+    from napari_medkd.distill.task import load_teacher
+
+    cfg = distill_cfg(tiny_vessels, "logit_kd", iterations=2)
+    cfg.data.patch_size, cfg.data.augment = 64, False
+    cfg.distill.cache_teacher = True
+    run = tmp_path / "cached"
+    captured = {}
+    factory = distill_task_factory(teacher_run, "logit_kd", patch_size=64)
+
+    def spy_factory(*a, **kw):
+        task = factory(*a, **kw)
+        original = task.compute
+
+        def compute(batch, model):
+            captured.setdefault("batch", {k: v.clone() for k, v in batch.items()})
+            return original(batch, model)
+
+        task.compute = compute
+        return task
+
+    res = run_training(cfg, run, task_factory=spy_factory)
+    assert res["status"] == "finished"
+    stage = [e for e in read_events(run / "events.jsonl") if e["event"] == "stage" and e["status"] == "done"]
+    assert stage and stage[0]["name"] == "teacher_cache"
+    batch = captured["batch"]
+    teacher, _ = load_teacher(teacher_run, "cpu")
+    with torch.no_grad():
+        expect = teacher(batch["image"])
+    assert batch["teacher_logits"].shape == expect.shape
+    assert torch.allclose(batch["teacher_logits"], expect, atol=2e-2, rtol=1e-2)  # stored as float16
+
+
+def test_cache_is_refused_for_feature_methods(teacher_run, tiny_vessels, tmp_path):
+    cfg = distill_cfg(tiny_vessels, "mskd", iterations=1)
+    cfg.distill.cache_teacher = True
+    with pytest.raises(DistillError, match="cache_teacher"):
+        run_training(cfg, tmp_path / "r", task_factory=distill_task_factory(teacher_run, "mskd", patch_size=32))
+

@@ -41,13 +41,19 @@ def augment(image_cf: np.ndarray, label: Optional[np.ndarray], rng: np.random.Ge
             geo(lambda a, off: np.rot90(a, k, axes=(a.ndim - 2, a.ndim - 1)))
     img = np.array(img, dtype=np.float32 if img.dtype.kind != "f" else img.dtype, copy=True)
     if intensity:
-        scale, shift = float(intensity[0]), float(intensity[1])
-        c = img.shape[0]
-        a = 1.0 + rng.uniform(-scale, scale, size=c)
-        b = rng.uniform(-shift, shift, size=c)
-        shape = (c,) + (1,) * nsp
-        img = (img * a.reshape(shape) + b.reshape(shape)).astype(img.dtype, copy=False)
+        img = intensity_jitter(img, rng, intensity)
     lbl = np.ascontiguousarray(lbl) if lbl is not None else None
     if fov is None:
         return img, lbl
     return img, lbl, np.ascontiguousarray(fv)
+
+
+def intensity_jitter(image_cf: np.ndarray, rng: np.random.Generator, intensity: Sequence[float] = (0.1, 0.1)
+                     ) -> np.ndarray:
+    """``x * (1 + U(-scale, scale)) + U(-shift, shift)`` per channel of a channel-first image."""
+    scale, shift = float(intensity[0]), float(intensity[1])
+    c = image_cf.shape[0]
+    a = 1.0 + rng.uniform(-scale, scale, size=c)
+    b = rng.uniform(-shift, shift, size=c)
+    shape = (c,) + (1,) * (image_cf.ndim - 1)
+    return (image_cf * a.reshape(shape) + b.reshape(shape)).astype(image_cf.dtype, copy=False)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..models.taps import FeatureTaps
@@ -51,7 +52,8 @@ class DistillTask(SupervisedTask):
     name = "distill"
 
     def __init__(self, student, num_classes: int, teacher, terms: List[Tuple[str, float, Any]],
-                 run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0):
+                 run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0,
+                 cache_teacher: bool = False):
         super().__init__(student, num_classes)
         self.teacher = teacher
         self.terms = terms
@@ -59,6 +61,11 @@ class DistillTask(SupervisedTask):
         self.stage_iterations = dict(stage_iterations or {})
         self.seg_weight = seg_weight
         self.taps = sorted({t for _, _, term in terms for t in term.TAPS if t != "logits"})
+        self.cache_teacher = bool(cache_teacher)
+        if self.cache_teacher and self.taps:
+            raise DistillError(f"cache_teacher keeps only the teacher's outputs, but the method's terms need the "
+                               f"teacher features {self.taps}; use it with output-only methods (logit_kd, cwd) "
+                               "or switch it off")
         self._disc = [(label, term) for label, _, term in terms if hasattr(term, "discriminator_parameters")
                       and list(term.discriminator_parameters())]
         self._disc_opts = {}
@@ -91,11 +98,14 @@ class DistillTask(SupervisedTask):
 
     def _forward(self, batch, train_model) -> KDContext:
         x = batch["image"]
-        with torch.no_grad():
-            with FeatureTaps(self.teacher, self.taps) as tt:
-                t_logits = self.teacher(x)
-        t = {k: v.detach() for k, v in tt.features.items()}
-        t["logits"] = t_logits.detach()
+        if "teacher_logits" in batch:  # cached for the fixed (non-jittered) view, turned with the patch
+            t = {"logits": batch["teacher_logits"].float()}
+        else:
+            with torch.no_grad():
+                with FeatureTaps(self.teacher, self.taps) as tt:
+                    t_logits = self.teacher(x)
+            t = {k: v.detach() for k, v in tt.features.items()}
+            t["logits"] = t_logits.detach()
         with FeatureTaps(self.model, self.taps) as st:
             s_logits = train_model(x)
         s = dict(st.features)
@@ -136,9 +146,24 @@ class DistillTask(SupervisedTask):
         return out
 
     # pre-training stages -------------------------------------------------------------------
+    def _build_teacher_cache(self, ctx) -> None:
+        """Teacher logits of every whole training image (slices for 2D models on volumes), once."""
+        from ..inference.torch_predict import predict_logits
+
+        sampler, emit = ctx["sampler"], ctx["emit"]
+        t0 = time.time()
+        emit("stage", name="teacher_cache", status="start", cases=len(sampler.cases))
+        cached = [predict_logits(self.teacher, c.image, device=ctx["device"], slice_axis=sampler.axis)
+                  .astype(np.float16) for c in sampler.cases]
+        sampler.set_extras(cached, "teacher_logits")
+        mb = sum(a.nbytes for a in cached) / 2 ** 20
+        emit("stage", name="teacher_cache", status="done", seconds=round(time.time() - t0, 2), megabytes=round(mb, 1))
+
     def prepare(self, ctx) -> None:
         stages_dir = self.run_dir / "stages"
         emit, sampler, device = ctx["emit"], ctx["sampler"], ctx["device"]
+        if self.cache_teacher:
+            self._build_teacher_cache(ctx)
         done = set()
         for label, _, term in self.terms:
             stage = getattr(term, "PRETRAIN_STAGE", None)
@@ -205,6 +230,7 @@ def distill_task_factory(teacher_run: str | Path, method: Optional[str] = None,
         else:
             terms = METHODS.get(method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
         return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
-                           stage_iterations=cfg.distill.stage_iterations if cfg else None)
+                           stage_iterations=cfg.distill.stage_iterations if cfg else None,
+                           cache_teacher=bool(cfg.distill.cache_teacher) if cfg else False)
 
     return factory
