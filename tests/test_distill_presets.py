@@ -109,3 +109,29 @@ def test_cache_is_refused_for_feature_methods(teacher_run, tiny_vessels, tmp_pat
     with pytest.raises(DistillError, match="cache_teacher"):
         run_training(cfg, tmp_path / "r", task_factory=distill_task_factory(teacher_run, "mskd", patch_size=32))
 
+
+
+def test_semi_supervised_unlabelled_samples_only_feed_distillation(teacher_run, tiny_vessels, tmp_path):
+    """Half the cases without labels plus an unlabelled folder: the run trains; on an all-unlabelled batch
+    the segmentation loss is 0 and the loss is the weighted distillation terms alone."""
+    from napari_medkd.models import build_model
+
+    cfg = distill_cfg(tiny_vessels, "graph_flow", iterations=2)
+    cfg.data.labelled_fraction = 0.5
+    cfg.data.unlabelled_root = str(tiny_vessels / "test" / "images")
+    run = tmp_path / "semi"
+    res = run_training(cfg, run, task_factory=distill_task_factory(teacher_run, "graph_flow", patch_size=32))
+    assert res["status"] == "finished"
+
+    student = build_model("unet_tiny", in_channels=1, num_classes=2)
+    task = distill_task_factory(teacher_run, "logit_kd", patch_size=32)(student, 2, cfg=cfg, device="cpu",
+                                                                         run_dir=tmp_path / "t")
+    torch.manual_seed(0)
+    batch = {"image": torch.randn(2, 1, 32, 32), "label": torch.ones(2, 32, 32, dtype=torch.long),
+             "labelled": torch.tensor([False, False])}
+    loss, log = task.compute(batch, student)
+    assert log["seg"] == 0.0 and log["logit_kd"] > 0
+    assert abs(float(loss) - log["logit_kd"]) < 1e-5
+    batch["labelled"] = torch.tensor([True, False])
+    _, log = task.compute(batch, student)
+    assert log["seg"] > 0
