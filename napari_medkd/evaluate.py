@@ -30,7 +30,7 @@ class EvalResult:
 
     def table(self) -> str:
         lines = [f"{self.model} on {self.data} [{self.split}], {len(self.rows) // max(1, len(self.class_names) - 1)} cases",
-                 f"{'class':<16}{'Dice':>16}{'IoU':>16}{'HD95':>16}{'ASD':>16}"]
+                 f"{'class':<16}{'Dice':>19}{'IoU':>19}{'HD95':>19}{'ASD':>19}"]
         for c, name in sorted(self.class_names.items()):
             if c == 0:
                 continue
@@ -38,7 +38,7 @@ class EvalResult:
             for m in ("dice", "iou", "hd95", "asd"):
                 s = self.summary.get(f"{m}_{c}", {})
                 cells.append(f"{s.get('mean', math.nan):.4f} ± {s.get('std', math.nan):.4f}")
-            lines.append(f"{name:<16}" + "".join(f"{x:>16}" for x in cells))
+            lines.append(f"{name:<16}" + "".join(f"{x:>19}" for x in cells))
         return "\n".join(lines)
 
     def write(self, folder: Path) -> None:
