@@ -106,7 +106,19 @@ def labels_to_source_grid(labels: np.ndarray, work: MedicalImage, img: MedicalIm
 
 
 def _as_labels(logits: np.ndarray) -> np.ndarray:
-    return logits.argmax(0).astype(np.uint8 if logits.shape[0] <= 256 else np.uint16)
+    """``argmax`` over axis 0 (first class on ties), as running comparisons: for the few classes of a
+    segmentation model this is several times faster than ``argmax(0)`` on large arrays."""
+    k = logits.shape[0]
+    labels = np.zeros(logits.shape[1:], np.uint8 if k <= 256 else np.uint16)
+    if k == 2:
+        np.greater(logits[1], logits[0], out=labels, casting="unsafe")
+        return labels
+    best = np.array(logits[0], copy=True)
+    for c in range(1, k):
+        better = logits[c] > best
+        labels[better] = c
+        np.maximum(best, logits[c], out=best)
+    return labels
 
 
 class OrtSegmenter:
@@ -242,6 +254,18 @@ class OrtSegmenter:
         outs = [self._predict_batch_2d(vol[s:s + batch_size], batch_size) for s in range(0, len(vol), batch_size)]
         return np.moveaxis(np.concatenate(outs, 0), 0, ax)  # (K, ..., S at slice_axis, ...)
 
+    def predict_labels(self, image_cf: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Labels ``(*spatial)`` of a preprocessed image; a 2D model on a volume takes the argmax per
+        batch of slices, so the whole-volume logits are never held in memory."""
+        self._check_channels(image_cf)
+        if self.model_dims == 3 or image_cf.ndim == 3:
+            return _as_labels(self.predict_logits(image_cf, batch_size))
+        ax = 1 + self.slice_axis
+        vol = np.moveaxis(image_cf, ax, 0)                 # (S, C, a, b)
+        outs = [_as_labels(np.moveaxis(self._predict_batch_2d(vol[s:s + batch_size], batch_size), 1, 0))
+                for s in range(0, len(vol), batch_size)]   # each (B, a, b)
+        return np.moveaxis(np.concatenate(outs, 0), 0, self.slice_axis)
+
     # -- images -----------------------------------------------------------------------------------
     def _prepare(self, img: MedicalImage) -> Tuple[np.ndarray, MedicalImage]:
         from ..train.data import prepare_image
@@ -254,7 +278,7 @@ class OrtSegmenter:
         """Labels for ``img`` in its own grid (resampled back if the model works at another spacing)."""
         t0 = time.perf_counter()
         image_cf, work = self._prepare(img)
-        labels = labels_to_source_grid(_as_labels(self.predict_logits(image_cf)), work, img)
+        labels = labels_to_source_grid(self.predict_labels(image_cf), work, img)
         dt = time.perf_counter() - t0
         n = image_cf.shape[1 + self.slice_axis] if image_cf.ndim == 4 else 1
         return SegmentResult(labels, dt, 1000.0 * dt / n, n)
