@@ -2,6 +2,7 @@
 
     python scripts/update_readme.py [--results results]
 
+0. ``medkd_out/report.md`` (the main job's report) becomes ``benchmarks/results/pipeline_sample.md``.
 1. For every ``RESULTS/<suite>/<preset>/results.md`` it copies ``results.md``, ``results.csv`` and the
    plots to ``benchmarks/results/<suite>_<preset>/`` (the run folders with checkpoints stay out).
 2. In README.md every block ``<!-- include: PATH -->`` ... ``<!-- /include -->`` is replaced by
@@ -32,6 +33,19 @@ def copy_results(results: Path) -> list[Path]:
     return copied
 
 
+def copy_pipeline_report(out: Path) -> bool:
+    """``medkd pipeline``'s report (from ``scripts/demo.sh``) as ``benchmarks/results/pipeline_sample.md``."""
+    report = out / "report.md"
+    if not report.exists():
+        return False
+    lines = [ln for ln in report.read_text().splitlines() if not ln.startswith("# ")]
+    text = "\n".join(ln.replace("](comparison.png)", "](docs/pipeline_comparison.png)") for ln in lines).strip()
+    (ROOT / "benchmarks" / "results" / "pipeline_sample.md").write_text(text + "\n")
+    if (out / "comparison.png").exists():
+        shutil.copy2(out / "comparison.png", ROOT / "docs" / "pipeline_comparison.png")
+    return True
+
+
 def fill_readme(readme: Path) -> int:
     text = readme.read_text()
     count = 0
@@ -51,7 +65,10 @@ def fill_readme(readme: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(ROOT / "results"))
+    ap.add_argument("--pipeline-out", default=str(ROOT / "medkd_out"))
     args = ap.parse_args()
+    if copy_pipeline_report(Path(args.pipeline_out)):
+        print("copied the pipeline report")
     for d in copy_results(Path(args.results)):
         print(f"copied {d.relative_to(ROOT)}")
     print(f"README: {fill_readme(ROOT / 'README.md')} block(s) filled")
