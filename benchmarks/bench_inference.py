@@ -305,7 +305,7 @@ def _write_markdown(path: Path, results, title: str, n_dice: int, args, argv) ->
         lines.append(f"| {label} | {params:,} | {r['ms_b1']:.1f} | {r['ms_b8']:.1f} | {1000 / r['ms_b8']:.1f} | "
                      f"{r['peak_mb']:.0f} | {_fmt(r['dice'], '{:.4f}')} | {_fmt(r.get('volume_s'), '{:.2f}')} |")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"written {path}")
 
 

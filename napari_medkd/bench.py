@@ -39,7 +39,7 @@ class Suite:
 
     @classmethod
     def load(cls, path: Path, preset: str) -> "Suite":
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         presets = raw.get("presets", {})
         if preset not in presets:
             raise KeyError(f"{path}: no preset '{preset}'; it has {sorted(presets)}")
@@ -96,10 +96,10 @@ def _evaluate(run: Path, data: str, tag: str, fsd_ref: Optional[Path] = None) ->
 
     cache = run / f"eval_{tag}.json"
     if cache.exists():
-        return json.loads(cache.read_text())
+        return json.loads(cache.read_text(encoding="utf-8"))
     res = evaluate_run(run, data, split="test")
     out = {"summary": res.summary, "seconds_per_case": res.seconds_per_case}
-    cache.write_text(json.dumps(out))
+    cache.write_text(json.dumps(out), encoding="utf-8")
     return out
 
 
@@ -107,7 +107,7 @@ def _ort_ms(run: Path, log) -> float:
     """Median ms per 512x512 slice of the exported student in onnxruntime (cached)."""
     cache = run / "ort_ms.json"
     if cache.exists():
-        return json.loads(cache.read_text())["ms"]
+        return json.loads(cache.read_text(encoding="utf-8"))["ms"]
     try:
         from .export.onnx_export import export_onnx
         from .inference.ort_infer import OrtSegmenter
@@ -124,7 +124,7 @@ def _ort_ms(run: Path, log) -> float:
         seg.run(x)
         times.append((time.perf_counter() - t0) * 1000)
     ms = float(np.median(times[2:]))
-    cache.write_text(json.dumps({"ms": ms}))
+    cache.write_text(json.dumps({"ms": ms}), encoding="utf-8")
     return ms
 
 
@@ -217,8 +217,8 @@ def _fsd_columns(rows, suite: Suite, domains, runs: Path, log) -> None:
                 cache = run / f"fsd_{tag}.json"
                 if not cache.exists():
                     log(f"   FSD {run.name}: {Path(suite.data).name} vs {tag}")
-                    cache.write_text(json.dumps(domain_fsd(run, header, source, target, tile=suite.fsd_tile)))
-                vals.append(json.loads(cache.read_text())["fsd"])
+                    cache.write_text(json.dumps(domain_fsd(run, header, source, target, tile=suite.fsd_tile)), encoding="utf-8")
+                vals.append(json.loads(cache.read_text(encoding="utf-8"))["fsd"])
             r[f"fsd_{tag}"] = float(np.mean(vals)) if vals else math.nan
             r[f"fsd_{tag}_sd"] = float(np.std(vals)) if len(vals) > 1 else math.nan
 
@@ -242,7 +242,7 @@ def _fmt(v, sd=None, nd=3) -> str:
 
 def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds: float) -> Path:
     keys = list(rows[0].keys())
-    with open(root / "results.csv", "w", newline="") as fh:
+    with open(root / "results.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
@@ -262,7 +262,7 @@ def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds:
             [_fmt(r[f"fsd_{t}"], r[f"fsd_{t}_sd"], 2) for t in fsd_tags]
         lines.append("| " + " | ".join(cells) + " |")
     md = root / "results.md"
-    md.write_text("\n".join(lines) + "\n")
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plots(rows, root, domains)
     return md
 

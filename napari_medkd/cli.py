@@ -131,7 +131,7 @@ def cmd_evaluate(args) -> int:
     if args.out:
         res.write(Path(args.out))
         if fsd is not None:
-            (Path(args.out) / "fsd.json").write_text(json.dumps(fsd, indent=1))
+            (Path(args.out) / "fsd.json").write_text(json.dumps(fsd, indent=1), encoding="utf-8")
         print(f"written: {args.out}/per_case.csv, summary.json" + (", fsd.json" if fsd is not None else ""))
     return 0
 

@@ -43,14 +43,14 @@ class EvalResult:
 
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "per_case.csv", "w", newline="") as fh:
+        with open(folder / "per_case.csv", "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=list(self.rows[0].keys()))
             w.writeheader()
             w.writerows(self.rows)
         (folder / "summary.json").write_text(json.dumps({
             "model": self.model, "data": self.data, "split": self.split,
             "class_names": {str(k): v for k, v in self.class_names.items()},
-            "seconds_per_case": self.seconds_per_case, "summary": self.summary}, indent=1))
+            "seconds_per_case": self.seconds_per_case, "summary": self.summary}, indent=1), encoding="utf-8")
 
 
 def evaluate_model(lm: LoadedModel, data_root: str | Path, split: str = "test",

@@ -22,7 +22,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{out} was not made by `medkd pipeline`; refusing to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("made by medkd pipeline\n")
+    (out / MARKER).write_text("made by medkd pipeline\n", encoding="utf-8")
 
 
 def default_config(data: Path, model: str, minutes: float, seed: int = 0) -> RunConfig:
@@ -123,9 +123,9 @@ def run_pipeline(data: Path, out: Path, minutes_teacher: float = 1.5, minutes_st
     report = (f"# napari-medkd report\n\nData: `{data}` (test split)\n\n{table}\n\n"
               f"Dice is per class over the test cases (mean ± sd); HD95 in mm (pixels for 2D data without spacing).\n\n"
               f"![teacher and student masks]({fig.name})\n\n{onnx_text}Total time: {elapsed:.0f} s\n")
-    (out / "report.md").write_text(report)
+    (out / "report.md").write_text(report, encoding="utf-8")
     summary = {"elapsed_s": elapsed, "runs": {k: str(v) for k, v in runs.items()},
                "test": {lbl: r.summary for lbl, _, r in results}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     log(f"== report written to {out / 'report.md'} ({elapsed:.0f} s)")
     return summary

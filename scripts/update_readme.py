@@ -38,16 +38,16 @@ def copy_pipeline_report(out: Path) -> bool:
     report = out / "report.md"
     if not report.exists():
         return False
-    lines = [ln for ln in report.read_text().splitlines() if not ln.startswith("# ")]
+    lines = [ln for ln in report.read_text(encoding="utf-8").splitlines() if not ln.startswith("# ")]
     text = "\n".join(ln.replace("](comparison.png)", "](docs/pipeline_comparison.png)") for ln in lines).strip()
-    (ROOT / "benchmarks" / "results" / "pipeline_sample.md").write_text(text + "\n")
+    (ROOT / "benchmarks" / "results" / "pipeline_sample.md").write_text(text + "\n", encoding="utf-8")
     if (out / "comparison.png").exists():
         shutil.copy2(out / "comparison.png", ROOT / "docs" / "pipeline_comparison.png")
     return True
 
 
 def fill_readme(readme: Path) -> int:
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     count = 0
 
     def sub(m: re.Match) -> str:
@@ -56,9 +56,9 @@ def fill_readme(readme: Path) -> int:
         if not path.exists():
             return m.group(0)
         count += 1
-        return m.group(1) + path.read_text().rstrip("\n") + "\n" + m.group(4)
+        return m.group(1) + path.read_text(encoding="utf-8").rstrip("\n") + "\n" + m.group(4)
 
-    readme.write_text(BLOCK.sub(sub, text))
+    readme.write_text(BLOCK.sub(sub, text), encoding="utf-8")
     return count
 
 

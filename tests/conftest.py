@@ -84,5 +84,5 @@ def tiny_msd(tmp_path_factory) -> Path:
         (training if i < 4 else test).append(entry)
     (root / "dataset.json").write_text(json.dumps({
         "name": "Blobs", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "front", "2": "back"},
-        "numTraining": 4, "numTest": 2, "training": training, "test": test}))
+        "numTraining": 4, "numTest": 2, "training": training, "test": test}), encoding="utf-8")
     return root

@@ -17,7 +17,7 @@ def _suite(tmp_path, data, cross):
                             "stage_iterations": {"msan": 2}}},
     }
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(suite))
+    path.write_text(yaml.safe_dump(suite), encoding="utf-8")
     return path
 
 
@@ -29,7 +29,7 @@ def test_bench_writes_table_and_reuses_runs(tiny_vessels, tmp_path, monkeypatch,
     results = tmp_path / "results"
     assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results)]) == 0
     root = results / "tiny" / "cpu"
-    md = (root / "results.md").read_text()
+    md = (root / "results.md").read_text(encoding="utf-8")
     for row in ("teacher (unet_tiny)", "student alone", "student + gkd"):
         assert row in md
     assert "FSD in vs" in md

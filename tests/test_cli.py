@@ -34,7 +34,7 @@ def test_models_and_methods_tables(capsys):
 def test_evaluate_writes_summary(teacher, tiny_vessels, tmp_path, capsys):
     assert main(["evaluate", "--model", str(teacher), "--data", str(tiny_vessels), "--split", "test",
                  "--out", str(tmp_path / "ev")]) == 0
-    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text(encoding="utf-8"))
     assert summary  # per-class statistics
     assert "dice" in capsys.readouterr().out.lower()
 
@@ -87,14 +87,14 @@ def test_evaluate_reports_fsd_for_a_gkd_student(teacher, tiny_vessels, tmp_path,
     import yaml
 
     cfg = tmp_path / "gkd.yaml"
-    cfg.write_text(yaml.safe_dump({"distill": {"stage_iterations": {"msan": 2}}}))
+    cfg.write_text(yaml.safe_dump({"distill": {"stage_iterations": {"msan": 2}}}), encoding="utf-8")
     student = tmp_path / "gkd"
     assert main(["distill", "--data", str(tiny_vessels), "--teacher", str(teacher), "--student", "unet_tiny",
                  "--method", "gkd", "--out", str(student), "--config", str(cfg)] + _budget(2)) == 0
     ev = tmp_path / "ev"
     assert main(["evaluate", "--model", str(student), "--data", str(tiny_vessels), "--no-surface",
                  "--fsd-against", str(tiny_vessels), "--fsd-tile", "32", "--out", str(ev)]) == 0
-    fsd = json.loads((ev / "fsd.json").read_text())
+    fsd = json.loads((ev / "fsd.json").read_text(encoding="utf-8"))
     assert fsd["n"] == 8 and 0 <= fsd["fsd"] < 1e-6  # same images on both sides: 2 x 4 tiles, distance 0
     assert "FSD" in capsys.readouterr().out
     # a student without an MSAN needs a probe

@@ -85,7 +85,7 @@ def test_msd_unlabelled_test_list_only_existing(tmp_path, tiny_msd):
     (root / "dataset.json").write_text(json.dumps({
         "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ", "2": "tumour"},
         "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}],
-        "test": ["./imagesTs/t.nii.gz", "./imagesTs/missing.nii.gz"]}))
+        "test": ["./imagesTs/t.nii.gz", "./imagesTs/missing.nii.gz"]}), encoding="utf-8")
     spec = load_dataset(root)
     assert spec.modality == "CT"
     assert [(c.id, c.split, c.label is None) for c in spec.cases] == [("a", "train", False), ("t", "test", True)]
@@ -97,7 +97,7 @@ def test_csv_manifest(tmp_path):
         _png(tmp_path / "lab" / f"p{i}.png", _mask())
     rows = ["image,label,split,id"] + [f"img/p{i}.png,lab/p{i}.png,{'test' if i == 3 else 'train'},case{i}"
                                        for i in range(4)]
-    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     spec = load_dataset(tmp_path / "list.csv")
     assert spec.layout == "csv" and spec.root == tmp_path
     assert [c.id for c in spec.split("train")] == ["case0", "case1", "case2"]
@@ -109,7 +109,7 @@ def test_csv_manifest_shared_columns(tmp_path):
     _png(tmp_path / "train/masks/a.png", _mask())
     _png(tmp_path / "train/fov/a.png", _mask())
     (tmp_path / "manifest.csv").write_text(
-        "split,stem,image,mask,fov,source\ntrain,a,train/images/a.png,train/masks/a.png,train/fov/a.png,x\n")
+        "split,stem,image,mask,fov,source\ntrain,a,train/images/a.png,train/masks/a.png,train/fov/a.png,x\n", encoding="utf-8")
     spec = load_dataset(tmp_path / "manifest.csv")
     (c,) = spec.cases
     assert c.id == "a" and c.fov.name == "a.png" and c.label.parent.name == "masks"

@@ -46,16 +46,16 @@ def test_run_folder_holds_config_events_metrics_and_atomic_checkpoints(tiny_vess
     assert state["iter"] == 6
     meta = json.loads(state["meta"])
     assert meta["num_classes"] == 2 and meta["in_channels"] == 1  # green channel of RGB fundus
-    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3
+    assert len((run / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()) == 3
 
 
 def test_existing_run_folder_is_never_overwritten(tiny_vessels, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "precious.txt").write_text("keep")
+    (run / "precious.txt").write_text("keep", encoding="utf-8")
     with pytest.raises(RunExistsError):
         run_training(tiny_cfg(tiny_vessels), run)
-    assert (run / "precious.txt").read_text() == "keep"
+    assert (run / "precious.txt").read_text(encoding="utf-8") == "keep"
 
 
 def test_stop_request_then_resume_completes_the_budget(tiny_vessels, tmp_path):
@@ -82,7 +82,7 @@ def test_stop_file_is_honoured(tiny_vessels, tmp_path):
     def on_event(rec):
         seen.append(rec)
         if rec["event"] == "iter" and rec["iter"] == 2:
-            (run / "STOP").write_text("")
+            (run / "STOP").write_text("", encoding="utf-8")
 
     res = run_training(tiny_cfg(tiny_vessels, iterations=50), run, on_event=on_event)
     assert res["status"] == "stopped" and res["iterations"] == 2

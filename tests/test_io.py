@@ -222,7 +222,7 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(ImageReadError, match="nothere.nii.gz"):
         read_image(missing)
     txt = tmp_path / "notes.txt"
-    txt.write_text("hello")
+    txt.write_text("hello", encoding="utf-8")
     with pytest.raises(ImageReadError, match=r"notes\.txt.*unsupported"):
         read_image(txt)
     bad = tmp_path / "random.nii.gz"

@@ -73,7 +73,7 @@ def test_label_files_open_as_labels_and_other_files_are_refused(tmp_path):
         sitk.WriteImage(lab, str(p))
         [(data, attrs, kind)] = get_reader(str(p))(str(p))
         assert kind == "labels" and np.issubdtype(data.dtype, np.integer) and data.max() == 2
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path / "labelsTr")) is None  # a folder without DICOM files
 

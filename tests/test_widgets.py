@@ -152,7 +152,7 @@ def test_distill_bad_inputs_give_error_notifications(make_napari_viewer, runs, t
     w.teacher_dir.value = runs["teacher"]
     junk = tmp_path / "junk"
     junk.mkdir()
-    (junk / "notes.txt").write_text("not an image")
+    (junk / "notes.txt").write_text("not an image", encoding="utf-8")
     w.data_dir.value = junk
     w.start()
     assert not w.running and "no cases found" in errors[-1]

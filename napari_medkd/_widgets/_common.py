@@ -271,5 +271,5 @@ def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
     (folder / "dataset.json").write_text(json.dumps({
         "name": f"napari layers {image_layer.name} / {labels_layer.name}", "modality": {"0": modality},
         "labels": names, "training": [{"image": f"./imagesTr/{case}{ext}", "label": f"./labelsTr/{case}{ext}"}],
-        "test": []}, indent=1))
+        "test": []}, indent=1), encoding="utf-8")
     return folder

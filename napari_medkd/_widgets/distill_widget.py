@@ -225,7 +225,7 @@ class DistillWidget(QWidget):
             return
         import yaml
 
-        saved = yaml.safe_load(cfg.read_text()) or {}
+        saved = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
         kind = "distill" if (saved.get("distill") or {}).get("teacher") else "train"
         self._begin([{"name": "student" if kind == "distill" else "teacher", "run_dir": run,
                       "cmd": cli_command(kind, "--resume", run, *self._budget_args(), *self._device_args())}])
@@ -237,7 +237,7 @@ class DistillWidget(QWidget):
         self._steps = []
         run_dir = Path(self._step["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "STOP").write_text("stop requested from napari\n")
+        (run_dir / "STOP").write_text("stop requested from napari\n", encoding="utf-8")
         self.status.setText("stopping: waiting for the run to save last.pt ...")
         proc = self.proc
         QTimer.singleShot(int(grace_s * 1000), lambda: _terminate(proc))
@@ -310,7 +310,7 @@ class DistillWidget(QWidget):
 
     def _on_step_done(self, returncode: int) -> None:
         step = self._step or {}
-        log = self._log_path.read_text(errors="replace") if self._log_path and self._log_path.exists() else ""
+        log = self._log_path.read_text(errors="replace", encoding="utf-8") if self._log_path and self._log_path.exists() else ""
         if self._cancelled:
             run = Path(step.get("run_dir", ""))
             self._finish(None, f"stopped; {run} holds last.pt - Resume continues it" if (run / "last.pt").exists()

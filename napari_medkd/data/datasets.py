@@ -122,7 +122,7 @@ def _scan_msd(root: Path, issues) -> Tuple[List[Case], List[Path], dict]:
     used_labels = set()
     if js.is_file():
         try:
-            meta = json.loads(js.read_text())
+            meta = json.loads(js.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{js}: cannot read dataset.json ({e})") from e
         for split, key in (("train", "training"), ("val", "validation"), ("test", "test")):
@@ -197,7 +197,7 @@ def _scan_paired(root: Path, issues) -> Tuple[List[Case], List[Path]]:
 def _scan_csv(path: Path, issues) -> List[Case]:
     base = path.parent
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as e:
         raise ValueError(f"{path}: cannot read the CSV manifest ({e})") from e

@@ -301,7 +301,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
 
 def _append_metrics(path: Path, it: int, elapsed: float, res: Dict[str, Any]) -> None:
     new = not path.exists()
-    with open(path, "a", newline="") as fh:
+    with open(path, "a", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         keys = sorted(res["dice"])
         if new:

@@ -27,7 +27,7 @@ class EventLog:
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
-        self._fh = open(self.path, "a", buffering=1) if enabled else None
+        self._fh = open(self.path, "a", buffering=1, encoding="utf-8") if enabled else None
 
     def write(self, event: str, **fields: Any) -> Dict[str, Any]:
         rec = {"event": event, "time": time.time(), **_clean(fields)}
@@ -50,7 +50,7 @@ def iter_events(path: str | Path, start: int = 0) -> Iterator[Dict[str, Any]]:
     p = Path(path)
     if not p.exists():
         return
-    with open(p) as fh:
+    with open(p, encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if i < start or not line.endswith("\n"):
                 continue
