@@ -52,9 +52,13 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, sync: bool = True) -> None:
+    """Leave the process group; after a normal end all ranks meet first, so no rank tears down its
+    connections while another still uses them (gloo then aborts the process at exit)."""
     if info.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if sync:
+                dist.barrier()
             dist.destroy_process_group()

@@ -158,6 +158,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     if main and stop.file.exists():
         stop.file.unlink()
     old_handlers = _install_signal_handlers(stop)
+    failed = False
     try:
         spec = load_spec(cfg.data)
         pcfg = preprocess_config(cfg.data, spec)
@@ -289,6 +290,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         emit("end", status=status, iter=it, elapsed=round(elapsed, 2), best_dice=best if best > -math.inf else None)
         return {"status": status, "iterations": it, "elapsed": elapsed, "best_dice": best, "run_dir": str(run_dir)}
     except BaseException as exc:
+        failed = True
         emit("error", message=f"{type(exc).__name__}: {exc}")
         emit("end", status="failed")
         raise
@@ -296,7 +298,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
         log.close()
-        cleanup(dist_info)
+        cleanup(dist_info, sync=not failed)
 
 
 def _append_metrics(path: Path, it: int, elapsed: float, res: Dict[str, Any]) -> None:
