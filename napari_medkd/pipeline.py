@@ -56,7 +56,7 @@ def _export_and_time(run: Path, onnx_path: Path, img, log) -> str:
     line = (f"ONNX student: `{onnx_path.name}` ({rep.size_mb:.2f} MB), max |logit difference| vs torch "
             f"{rep.max_abs_diff:.2e} on real test images; onnxruntime segments the case above in "
             f"{1000 * seconds:.0f} ms ({res.ms_per_slice:.1f} ms per slice). Open it in napari's Live widget or run "
-            f"`medkd infer {onnx_path.name} --input SCAN --output MASK`.\n\n")
+            f"`medkd infer --model {onnx_path.name} --input SCAN --output MASK`.\n\n")
     log("   " + rep.format())
     return line
 

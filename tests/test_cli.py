@@ -44,18 +44,18 @@ def test_distill_then_export_then_infer(teacher, tiny_vessels, tmp_path, capsys)
     assert main(["distill", "--data", str(tiny_vessels), "--teacher", str(teacher), "--student", "unet_tiny",
                  "--method", "logit_kd", "--out", str(student)] + _budget(3)) == 0
     onnx_path = tmp_path / "student.onnx"
-    assert main(["export", str(student), "--out", str(onnx_path), "--exporter", "torchscript"]) == 0
+    assert main(["export", "--model", str(student), "--out", str(onnx_path), "--exporter", "torchscript"]) == 0
     assert onnx_path.is_file()
     # refusing to replace the export without --overwrite
-    assert main(["export", str(student), "--out", str(onnx_path), "--exporter", "torchscript"]) == 2
+    assert main(["export", "--model", str(student), "--out", str(onnx_path), "--exporter", "torchscript"]) == 2
     assert "exist" in capsys.readouterr().err
     src = tiny_vessels / "test" / "images" / "c50.png"
     out = tmp_path / "masks" / "c50_mask.png"
-    assert main(["infer", str(onnx_path), "--input", str(src), "--output", str(out)]) == 0
+    assert main(["infer", "--model", str(onnx_path), "--input", str(src), "--output", str(out)]) == 0
     mask = read_image(out)
     assert mask.array.shape[:2] == read_image(src).array.shape[:2]
     assert set(np.unique(mask.array)) <= {0, 1}
-    assert main(["infer", str(onnx_path), "--input", str(src), "--output", str(out)]) == 2
+    assert main(["infer", "--model", str(onnx_path), "--input", str(src), "--output", str(out)]) == 2
     assert "exist" in capsys.readouterr().err
 
 

@@ -278,9 +278,10 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
 
 
 def add_cli(subparsers) -> None:
-    """``medkd export RUN --out FILE.onnx [--opset N] [--overwrite] [--images ...] [--exporter ...]``."""
+    """``medkd export --model RUN --out FILE.onnx [--opset N] [--overwrite] [--images ...] [--exporter ...]``."""
     p = subparsers.add_parser("export", help="export a trained student to a checked, self-contained ONNX file")
-    p.add_argument("model", help="run folder or checkpoint")
+    p.add_argument("--model", dest="model_opt", metavar="MODEL", help="run folder or checkpoint")
+    p.add_argument("model", nargs="?", help="the same, given without --model")
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--images", nargs="*", help="images for the parity check (default: the run's test images)")
@@ -291,7 +292,15 @@ def add_cli(subparsers) -> None:
     p.set_defaults(fn=cmd_export)
 
 
+def _model_arg(args) -> str:
+    model = args.model_opt or args.model
+    if not model:
+        raise ValueError("give the model: --model PATH")
+    return model
+
+
 def cmd_export(args) -> int:
+    args.model = _model_arg(args)
     rep = export_onnx(args.model, args.out, opset=args.opset, sample_images=args.images or None,
                       overwrite=args.overwrite, atol=args.atol, exporter=args.exporter)
     print(rep.format())

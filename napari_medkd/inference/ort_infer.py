@@ -401,9 +401,10 @@ def infer_path(onnx_path, input, output, overwrite: bool = False, segmenter: Opt
 
 
 def add_cli(subparsers) -> None:
-    """``medkd infer MODEL.onnx --input PATH --output PATH [--overwrite] [--threads N]``."""
+    """``medkd infer --model MODEL.onnx --input PATH --output PATH [--overwrite] [--threads N]``."""
     p = subparsers.add_parser("infer", help="segment images, folders, volumes or DICOM series with an ONNX model")
-    p.add_argument("model", help="exported .onnx file")
+    p.add_argument("--model", dest="model_opt", metavar="MODEL", help="exported .onnx file")
+    p.add_argument("model", nargs="?", help="the same, given without --model")
     p.add_argument("--input", required=True, help="image file, volume, DICOM folder, or folder of images")
     p.add_argument("--output", required=True, help="mask file (single input) or folder")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: physical cores)")
@@ -413,6 +414,9 @@ def add_cli(subparsers) -> None:
 
 
 def cmd_infer(args) -> int:
+    from ..export.onnx_export import _model_arg
+
+    args.model = _model_arg(args)
     seg = OrtSegmenter(args.model, providers=["CPUExecutionProvider"] if args.cpu else None, threads=args.threads)
 
     def show(r: InferResult) -> None:
