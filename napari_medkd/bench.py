@@ -65,13 +65,19 @@ def _finished(run: Path) -> Optional[bool]:
     return bool(ends) and ends[-1].get("status") == "finished"
 
 
+BUDGET_KEYS = {"iterations", "epochs", "minutes"}
+
+
 def _config(suite: Suite, model: str, seed: int, train_over: Dict[str, Any]) -> RunConfig:
     cfg = RunConfig()
     cfg.data.root = suite.data
     for k, v in suite.data_options.items():
         setattr(cfg.data, k, v)
     cfg.model.name = model
-    for k, v in {**suite.train, **train_over}.items():
+    base = dict(suite.train)
+    if BUDGET_KEYS & set(train_over):  # a run with its own budget (the teacher) takes none of the students'
+        base = {k: v for k, v in base.items() if k not in BUDGET_KEYS}
+    for k, v in {**base, **train_over}.items():
         setattr(cfg.train, k, v)
     cfg.train.seed = seed
     return cfg

@@ -41,3 +41,18 @@ def test_bench_writes_table_and_reuses_runs(tiny_vessels, tmp_path, monkeypatch,
     assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert out.count("reuse") == 5 and " train " not in out
+
+
+def test_teacher_budget_is_not_mixed_with_the_students(tmp_path):
+    from napari_medkd.bench import Suite, _config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "data": str(tmp_path), "teacher": {"model": "unet"}, "student": "unet_tiny", "methods": ["none"],
+        "presets": {"cpu": {"teacher": {"minutes": 10, "batch_size": 8},
+                            "train": {"iterations": 300, "batch_size": 4, "threads": 2}}}}), encoding="utf-8")
+    suite = Suite.load(path, "cpu")
+    t = _config(suite, "unet", 0, {k: v for k, v in suite.teacher.items() if k != "model"})
+    assert t.train.minutes == 10 and t.train.iterations is None and t.train.batch_size == 8 and t.train.threads == 2
+    s = _config(suite, "unet_tiny", 1, {})
+    assert s.train.iterations == 300 and s.train.minutes is None and s.train.seed == 1
