@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-minutes", type=float, help="default: as --student-minutes")
     p.add_argument("--teacher", default="unet")
     p.add_argument("--student", default="unet_tiny")
-    p.add_argument("--method", default="mskd", help="distillation preset for the third model ('none': skip)")
+    p.add_argument("--method", default="logit_kd", help="distillation preset for the third model ('none': skip)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export of the student")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_pipeline)
