@@ -30,6 +30,27 @@ def _torch_threads():
         pass
 
 
+@pytest.fixture
+def xdg_dirs(tmp_path_factory, monkeypatch):
+    """Private XDG folders for napari/Qt settings and caches (never the user's)."""
+    base = tmp_path_factory.getbasetemp() / "xdg"
+    for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
+        d = base / var.lower()
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        monkeypatch.setenv(var, str(d))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One thread: on 2 shared cores, spinning OpenMP threads make tiny models 10-50x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def write_png(path: Path, arr: np.ndarray) -> None:
     import SimpleITK as sitk
 

@@ -19,13 +19,7 @@ from napari_medkd.train.engine import run_training
 STUDENTS_2D = ["unet_tiny", "enet", "espnet", "erfnet", "mobilenetv2_unet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One thread: on 2 shared cores, spinning OpenMP threads make tiny models 10-50x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_run(root: Path, model: str, out: Path, iterations: int = 1, patch: int = 32) -> Path:

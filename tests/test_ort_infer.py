@@ -17,13 +17,7 @@ from napari_medkd.io.image_io import MedicalImage, read_image
 from napari_medkd.train.engine import run_training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One thread: on 2 shared cores, spinning OpenMP threads make tiny models 10-50x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _export(root: Path, model: str, out: Path, patch: int, iterations: int = 10, **data) -> Path:

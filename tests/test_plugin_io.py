@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 
 napari = pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("xdg_dirs")]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _xdg(tmp_path_factory, monkeypatch):
-    base = tmp_path_factory.getbasetemp() / "xdg"
-    for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"):
-        d = base / var.lower()
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        monkeypatch.setenv(var, str(d))
 
 
 def rotation(ax: float, az: float) -> np.ndarray:
