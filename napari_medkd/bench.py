@@ -36,6 +36,7 @@ class Suite:
     stage_iterations: Dict[str, int]
     metric_split: str = "test"
     fsd_tile: int = 96
+    jobs: int = 1
 
     @classmethod
     def load(cls, path: Path, preset: str) -> "Suite":
@@ -52,7 +53,7 @@ class Suite:
                    data_options=dict(raw.get("data_options", {}), **p.get("data_options", {})),
                    cross_domain=[resolve(d) for d in raw.get("cross_domain", [])],
                    stage_iterations=dict(p.get("stage_iterations", {})),
-                   fsd_tile=int(p.get("fsd_tile", raw.get("fsd_tile", 96))))
+                   fsd_tile=int(p.get("fsd_tile", raw.get("fsd_tile", 96))), jobs=int(p.get("jobs", 1)))
 
 
 def _finished(run: Path) -> Optional[bool]:
@@ -74,6 +75,8 @@ def _config(suite: Suite, model: str, seed: int, train_over: Dict[str, Any]) -> 
     for k, v in suite.data_options.items():
         setattr(cfg.data, k, v)
     cfg.model.name = model
+    train_over = dict(train_over)
+    cfg.model.kwargs = dict(train_over.pop("model_kwargs", None) or {})
     base = dict(suite.train)
     if BUDGET_KEYS & set(train_over):  # a run with its own budget (the teacher) takes none of the students'
         base = {k: v for k, v in base.items() if k not in BUDGET_KEYS}
@@ -83,10 +86,26 @@ def _config(suite: Suite, model: str, seed: int, train_over: Dict[str, Any]) -> 
     return cfg
 
 
+#: settings that change how fast a run goes, not what it learns; a finished run is reused across them
+_SPEED_ONLY = {("train", "threads"), ("train", "device"), ("train", "log_every")}
+
+
+def _config_differences(saved: RunConfig, wanted: RunConfig) -> List[str]:
+    a, b = saved.to_dict(), wanted.to_dict()
+    return [f"{sec}.{k}: run has {a[sec].get(k)!r}, suite wants {b[sec][k]!r}"
+            for sec in b for k in b[sec] if (sec, k) not in _SPEED_ONLY and a[sec].get(k) != b[sec][k]]
+
+
 def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None) -> None:
+    from .config import load_config
     from .train.engine import run_training
 
     state = _finished(run)
+    if state is not None and (run / "config.yaml").exists():
+        diff = _config_differences(load_config(run / "config.yaml"), cfg)
+        if diff:
+            raise RuntimeError(f"{run} was made with other settings than this suite asks for "
+                               f"({'; '.join(diff[:4])}); use another --results folder or remove that run")
     if state:
         log(f"   reuse {run.name}")
         return
@@ -97,14 +116,74 @@ def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None) -> None:
         raise RuntimeError(f"{run} ended with status {res['status']}")
 
 
+def _student_job(run: str, cfg_dict: Dict[str, Any], teacher_run: str, method: str) -> str:
+    """Train (or resume, or reuse) one student run; module-level so a process pool can call it."""
+    from .distill.task import distill_task_factory
+
+    cfg = RunConfig.from_dict(cfg_dict)
+    factory = None if method == "none" else distill_task_factory(Path(teacher_run), method,
+                                                                  patch_size=cfg.data.patch_size)
+    _ensure_run(Path(run), cfg, lambda m: print(m, flush=True), task_factory=factory)
+    return run
+
+
+def _train_students(jobs_list, teacher_run: Path, jobs: int, log) -> None:
+    """Train every (run, cfg, method); with ``jobs`` > 1 that many at once, each on its share of the
+    CPU threads (two 1-thread runs of a tiny student get through ~1.3-1.5x more work than one 2-thread
+    run on 2 cores). A failed run does not stop the others; the first failure is raised at the end."""
+    import os
+
+    if jobs <= 1:
+        for run, cfg, method in jobs_list:
+            _student_job(str(run), cfg.to_dict(), str(teacher_run), method)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    pending = [(r, c, m) for r, c, m in jobs_list if not _finished(r)]
+    for r, c, m in jobs_list:
+        if _finished(r):
+            _ensure_run(r, c, log)  # checks the settings and says "reuse"
+    errors = []
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futs = {}
+        for run, cfg, method in pending:
+            d = cfg.to_dict()
+            d["train"]["threads"] = max(1, (cfg.train.threads or os.cpu_count() or 1) // jobs)
+            futs[pool.submit(_student_job, str(run), d, str(teacher_run), method)] = run
+        for fut in cf.as_completed(futs):
+            try:
+                fut.result()
+            except Exception as exc:  # noqa: BLE001 - collected, raised after the others finish
+                errors.append((futs[fut], exc))
+                log(f"   FAILED {futs[fut].name}: {exc}")
+    if errors:
+        raise RuntimeError(f"{len(errors)} run(s) failed, first {errors[0][0]}: {errors[0][1]}") from errors[0][1]
+
+
+def _run_seconds(run: Path) -> float:
+    """Wall seconds a run spent training (stages included), summed over its sessions if resumed."""
+    from .train.events import read_events
+
+    total, t0, last = 0.0, None, None
+    for e in read_events(run / "events.jsonl"):
+        if e["event"] == "start":
+            if t0 is not None:
+                total += last - t0
+            t0 = e["time"]
+        last = e["time"]
+    return total + ((last - t0) if t0 is not None else 0.0)
+
+
 def _evaluate(run: Path, data: str, tag: str, fsd_ref: Optional[Path] = None) -> Dict[str, Any]:
     from .evaluate import evaluate_run
 
     cache = run / f"eval_{tag}.json"
     if cache.exists():
         return json.loads(cache.read_text(encoding="utf-8"))
+    t0 = time.perf_counter()
     res = evaluate_run(run, data, split="test")
-    out = {"summary": res.summary, "seconds_per_case": res.seconds_per_case}
+    out = {"summary": res.summary, "seconds_per_case": res.seconds_per_case, "seconds": time.perf_counter() - t0}
     cache.write_text(json.dumps(out), encoding="utf-8")
     return out
 
@@ -125,19 +204,19 @@ def _ort_ms(run: Path, log) -> float:
     seg = OrtSegmenter(onnx_path)
     x = np.random.default_rng(0).normal(size=(1, seg.in_channels, 512, 512)).astype(np.float32)
     times = []
-    for _ in range(12):
+    for _ in range(22):
         t0 = time.perf_counter()
         seg.run(x)
         times.append((time.perf_counter() - t0) * 1000)
-    ms = float(np.median(times[2:]))
+    ms = float(np.median(times[2:]))  # measured after all training, so no run shares the cores
     cache.write_text(json.dumps({"ms": ms}), encoding="utf-8")
     return ms
 
 
 def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str], None] = print,
-              methods: Optional[List[str]] = None) -> Path:
-    """Run (or resume) a suite; ``methods`` limits this call to some of the suite's methods."""
-    from .distill.task import distill_task_factory
+              methods: Optional[List[str]] = None, jobs: Optional[int] = None) -> Path:
+    """Run (or resume) a suite; ``methods`` limits this call to some of the suite's methods; ``jobs``
+    student runs train at once (default: the preset's ``jobs``, else 1)."""
     from .inference.run_model import load_run_model
     from .models.cost import count_macs, count_parameters
 
@@ -158,6 +237,8 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
     rows: List[Dict[str, Any]] = []
     domains = [("in", suite.data)] + [(Path(d).name, d) for d in suite.cross_domain]
 
+    ort_ms: Dict[str, float] = {}
+
     def record(label: str, method: str, run_list: List[Path]) -> None:
         lm = load_run_model(run_list[0])
         params = count_parameters(lm.model)
@@ -170,29 +251,35 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
                 vals = [e["summary"].get(f"{metric}_mean", {}).get("mean", math.nan) for e in evs]
                 row[f"{metric}_{tag}"] = float(np.nanmean(vals))
                 row[f"{metric}_{tag}_sd"] = float(np.nanstd(vals)) if len(vals) > 1 else math.nan
-        row["ort_ms_512"] = _ort_ms(run_list[0], log) if method != "teacher" else math.nan
+        arch = lm.meta.get("model_name", label)
+        if arch not in ort_ms:  # one measurement per architecture: every student row has the same network
+            ort_ms[arch] = _ort_ms(run_list[0], log)
+        row["ort_ms_512"] = ort_ms[arch]
+        row["train_s_per_run"] = float(np.mean([_run_seconds(r) for r in run_list]))
+        row["eval_s"] = float(sum(_evaluate(r, d, t).get("seconds", math.nan) for r in run_list for t, d in domains))
         rows.append(row)
         row["_runs"] = run_list
 
-    record(f"teacher ({suite.teacher['model']})", "teacher", [teacher_run])
+    plan = []
     for method in suite.methods:
         run_list = []
         for seed in suite.seeds:
-            run = runs / f"{method}_s{seed}"
             cfg = _config(suite, suite.student, seed, {})
             cfg.distill.teacher = str(teacher_run)
             cfg.distill.method = method
-            cfg.distill.stage_iterations = suite.stage_iterations
-            factory = None if method == "none" else distill_task_factory(teacher_run, method,
-                                                                          patch_size=cfg.data.patch_size)
-            _ensure_run(run, cfg, log, task_factory=factory)
-            run_list.append(run)
-        record("student alone" if method == "none" else f"student + {method}", method, run_list)
+            cfg.distill.stage_iterations = dict(suite.stage_iterations)
+            run_list.append((runs / f"{method}_s{seed}", cfg, method))
+        plan.append((method, run_list))
+    _train_students([j for _, rl in plan for j in rl], teacher_run, jobs or suite.jobs, log)
+    tkw = ", ".join(f"{k} {v}" for k, v in (suite.teacher.get("model_kwargs") or {}).items())
+    record(f"teacher ({suite.teacher['model']}{', ' + tkw if tkw else ''})", "teacher", [teacher_run])
+    for method, run_list in plan:
+        record("student alone" if method == "none" else f"student + {method}", method, [r for r, _, _ in run_list])
     _gap(rows)
     _fsd_columns(rows, suite, domains, runs, log)
     for r in rows:
         r.pop("_runs", None)
-    out = write_outputs(rows, root, suite, preset, domains, time.time() - t_start)
+    out = write_outputs(rows, root, suite, preset, domains, time.time() - t_start, jobs or suite.jobs)
     log(f"== written {out}")
     return out
 
@@ -246,28 +333,40 @@ def _fmt(v, sd=None, nd=3) -> str:
     return f"{v:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None and math.isfinite(sd) else "")
 
 
-def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds: float) -> Path:
+def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds: float, jobs: int = 1) -> Path:
+    teacher_min = sum(r["train_s_per_run"] for r in rows if r["method"] == "teacher") / 60
+    student_min = sum(r["train_s_per_run"] * r["seeds"] for r in rows if r["method"] != "teacher") / 60
+    train_min = teacher_min + student_min
+    train_wall = teacher_min + student_min / max(1, jobs)
+    eval_min = sum(r["eval_s"] for r in rows if math.isfinite(r["eval_s"])) / 60
     keys = list(rows[0].keys())
     with open(root / "results.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
     head = ["model"] + [f"Dice {t}" for t, _ in domains] + [f"HD95 {t}" for t, _ in domains] + \
-        ["params", "GMACs@256²", "ORT ms/512²", "gap closed (in)"]
+        ["params", "GMACs@256²", "ORT ms/512²", "train s/run", "gap closed (in)"]
     fsd_tags = [t for t, _ in domains[1:] if f"fsd_{t}" in rows[0]]
     head += [f"FSD in vs {t}" for t in fsd_tags]
     lines = [f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
              f"seeds {suite.seeds}; machine: {platform.machine()} {platform.processor() or ''}, "
-             f"{time.strftime('%Y-%m-%d')}; {seconds / 60:.0f} min. "
+             f"{time.strftime('%Y-%m-%d')}. Compute: {train_min:.0f} min training ({teacher_min:.0f} teacher, "
+             f"{(train_min - teacher_min):.0f} students in {jobs} parallel job(s): about {train_wall:.0f} min wall) "
+             f"+ {eval_min:.0f} min evaluation; this call {seconds / 60:.0f} min. "
              f"Command: `medkd bench --suite {suite.name} --preset {preset}`", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["row"]] + [_fmt(r[f"dice_{t}"], r[f"dice_{t}_sd"]) for t, _ in domains] + \
             [_fmt(r[f"hd95_{t}"], r[f"hd95_{t}_sd"], 2) for t, _ in domains] + \
-            [f"{r['params']:,}", f"{r['gmacs_256']:.3f}", _fmt(r["ort_ms_512"], nd=1), _fmt(r.get("gap_closed_in"), nd=2)] + \
+            [f"{r['params']:,}", f"{r['gmacs_256']:.3f}", _fmt(r["ort_ms_512"], nd=1), _fmt(r["train_s_per_run"], nd=0),
+             _fmt(r.get("gap_closed_in"), nd=2)] + \
             [_fmt(r[f"fsd_{t}"], r[f"fsd_{t}_sd"], 2) for t in fsd_tags]
         lines.append("| " + " | ".join(cells) + " |")
     md = root / "results.md"
+    lines.append("")
+    lines.append("Dice/HD95: mean ± sd over seeds of the per-case mean over foreground classes, on the test split. "
+                 "ORT ms: median onnxruntime CPU time per 512×512 slice of that architecture. "
+                 "Gap closed: (distilled − alone) / (teacher − alone), in-domain Dice.")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plots(rows, root, domains)
     return md

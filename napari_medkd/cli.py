@@ -205,7 +205,7 @@ def cmd_bench(args) -> int:
         suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / f"{args.suite}.yaml"
     if not suite.exists():
         raise CLIError(f"suite {suite} not found")
-    run_bench(suite, args.preset, Path(args.results), methods=args.methods)
+    run_bench(suite, args.preset, Path(args.results), methods=args.methods, jobs=args.jobs)
     return 0
 
 
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (the papers' sizes)")
     p.add_argument("--results", default="results")
     p.add_argument("--methods", nargs="+", help="only these of the suite's methods (the rest can follow later)")
+    p.add_argument("--jobs", type=int, help="student runs trained at once, each on its share of the CPU threads "
+                   "(default: the preset's jobs, else 1)")
     p.set_defaults(fn=cmd_bench)
 
     from .export.onnx_export import add_cli as add_export

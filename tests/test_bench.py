@@ -56,3 +56,38 @@ def test_teacher_budget_is_not_mixed_with_the_students(tmp_path):
     assert t.train.minutes == 10 and t.train.iterations is None and t.train.batch_size == 8 and t.train.threads == 2
     s = _config(suite, "unet_tiny", 1, {})
     assert s.train.iterations == 300 and s.train.minutes is None and s.train.seed == 1
+
+
+def test_bench_trains_students_in_parallel_jobs(tiny_vessels, tmp_path, monkeypatch):
+    """--jobs 2 trains the student runs in two processes; every run finishes and the table has the
+    per-run training seconds and the suite's compute minutes."""
+    import napari_medkd.bench as bench
+
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)
+    suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
+    results = tmp_path / "results"
+    assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results), "--jobs", "2",
+                 "--methods", "none"]) == 0
+    root = results / "tiny" / "cpu"
+    for seed in (0, 1):
+        assert bench._finished(root / "runs" / f"none_s{seed}")
+        assert bench._run_seconds(root / "runs" / f"none_s{seed}") > 0
+    md = (root / "results.md").read_text(encoding="utf-8")
+    assert "train s/run" in md and "min training" in md and "2 parallel job(s)" in md
+
+
+def test_a_finished_run_with_other_settings_is_not_reused(tiny_vessels, tmp_path, monkeypatch):
+    """Changing a preset (here the students' iterations) must not silently reuse old runs."""
+    import pytest
+
+    import napari_medkd.bench as bench
+
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)
+    suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
+    results = tmp_path / "results"
+    assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results), "--methods", "none"]) == 0
+    raw = yaml.safe_load(suite.read_text(encoding="utf-8"))
+    raw["presets"]["cpu"]["train"]["iterations"] = 3
+    suite.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="other settings.*iterations"):
+        bench.run_bench(suite, "cpu", results, methods=["none"], log=lambda m: None)
