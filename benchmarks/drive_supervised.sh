@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue-2 measurement: the default teacher (unet) and the tiny student, each trained alone for
 # 10 minutes on DRIVE with `medkd train`, evaluated with `medkd evaluate` on DRIVE's 20 test images
-# (Dice inside the FOV) and on CHASE_DB1's 8 test images (cross-domain). The teacher run goes where
-# `medkd bench --suite drive --preset cpu` looks for it, so the bench reuses it (same config).
+# (Dice inside the FOV) and on CHASE_DB1's 8 test images (cross-domain). (The bench's CPU preset
+# trains its own, half-width teacher; this is the full-size one.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDKD=${MEDKD:-.venv/bin/medkd}
 DATA=../shared/data
-R=results/drive/cpu/runs
+R=results/supervised
 OUT=results/supervised
 mkdir -p "$OUT"
 [ -f "$R/teacher/best.pt" ] || $MEDKD train --data $DATA/DRIVE --model unet --minutes 10 --out $R/teacher

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -327,6 +328,15 @@ def _gap(rows: List[Dict[str, Any]]) -> None:
                 r[f"gap_closed_{key[5:]}"] = (r[key] - s[key]) / (t[key] - s[key])
 
 
+def _gpu_name() -> str:
+    try:
+        import torch
+
+        return f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    except Exception:  # noqa: BLE001 - the machine line is informative only
+        return ""
+
+
 def _fmt(v, sd=None, nd=3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
@@ -349,10 +359,10 @@ def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds:
     fsd_tags = [t for t, _ in domains[1:] if f"fsd_{t}" in rows[0]]
     head += [f"FSD in vs {t}" for t in fsd_tags]
     lines = [f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
-             f"seeds {suite.seeds}; machine: {platform.machine()} {platform.processor() or ''}, "
-             f"{time.strftime('%Y-%m-%d')}. Compute: {train_min:.0f} min training ({teacher_min:.0f} teacher, "
-             f"{(train_min - teacher_min):.0f} students in {jobs} parallel job(s): about {train_wall:.0f} min wall) "
-             f"+ {eval_min:.0f} min evaluation; this call {seconds / 60:.0f} min. "
+             f"seeds {suite.seeds}; machine: {platform.machine()}, {os.cpu_count()} CPU cores{_gpu_name()}, "
+             f"{time.strftime('%Y-%m-%d')}. Compute: training {train_min:.0f} run-minutes (teacher {teacher_min:.0f}, "
+             f"students {(train_min - teacher_min):.0f} in {jobs} parallel job(s), so about {train_wall:.0f} min wall) "
+             f"+ evaluation {eval_min:.0f} min; this call took {seconds / 60:.0f} min. "
              f"Command: `medkd bench --suite {suite.name} --preset {preset}`", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

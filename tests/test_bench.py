@@ -73,7 +73,7 @@ def test_bench_trains_students_in_parallel_jobs(tiny_vessels, tmp_path, monkeypa
         assert bench._finished(root / "runs" / f"none_s{seed}")
         assert bench._run_seconds(root / "runs" / f"none_s{seed}") > 0
     md = (root / "results.md").read_text(encoding="utf-8")
-    assert "train s/run" in md and "min training" in md and "2 parallel job(s)" in md
+    assert "train s/run" in md and "run-minutes" in md and "2 parallel job(s)" in md and "CPU cores" in md
 
 
 def test_a_finished_run_with_other_settings_is_not_reused(tiny_vessels, tmp_path, monkeypatch):
