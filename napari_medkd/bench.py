@@ -132,8 +132,6 @@ def _train_students(jobs_list, teacher_run: Path, jobs: int, log) -> None:
     """Train every (run, cfg, method); with ``jobs`` > 1 that many at once, each on its share of the
     CPU threads (two 1-thread runs of a tiny student get through ~1.3-1.5x more work than one 2-thread
     run on 2 cores). A failed run does not stop the others; the first failure is raised at the end."""
-    import os
-
     if jobs <= 1:
         for run, cfg, method in jobs_list:
             _student_job(str(run), cfg.to_dict(), str(teacher_run), method)
@@ -141,10 +139,12 @@ def _train_students(jobs_list, teacher_run: Path, jobs: int, log) -> None:
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    pending = [(r, c, m) for r, c, m in jobs_list if not _finished(r)]
+    pending = []
     for r, c, m in jobs_list:
         if _finished(r):
             _ensure_run(r, c, log)  # checks the settings and says "reuse"
+        else:
+            pending.append((r, c, m))
     errors = []
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futs = {}
@@ -246,8 +246,10 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
         macs = count_macs(lm.model, (1, lm.meta["in_channels"], 256, 256))
         row: Dict[str, Any] = {"row": label, "method": method, "params": params, "gmacs_256": macs / 1e9,
                                "seeds": len(run_list)}
+        eval_s = 0.0
         for tag, data in domains:
             evs = [_evaluate(r, data, tag) for r in run_list]
+            eval_s += sum(e.get("seconds", math.nan) for e in evs)
             for metric in ("dice", "hd95"):
                 vals = [e["summary"].get(f"{metric}_mean", {}).get("mean", math.nan) for e in evs]
                 row[f"{metric}_{tag}"] = float(np.nanmean(vals))
@@ -257,7 +259,7 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
             ort_ms[arch] = _ort_ms(run_list[0], log)
         row["ort_ms_512"] = ort_ms[arch]
         row["train_s_per_run"] = float(np.mean([_run_seconds(r) for r in run_list]))
-        row["eval_s"] = float(sum(_evaluate(r, d, t).get("seconds", math.nan) for r in run_list for t, d in domains))
+        row["eval_s"] = float(eval_s)
         rows.append(row)
         row["_runs"] = run_list
 

@@ -15,8 +15,6 @@ pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("xdg_dirs")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
-
 def rotation(ax: float, az: float) -> np.ndarray:
     cx, sx, cz, sz = np.cos(ax), np.sin(ax), np.cos(az), np.sin(az)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])

@@ -11,8 +11,6 @@ napari = pytest.importorskip("napari")
 pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("xdg_dirs")]
 
 
-
-
 @pytest.fixture
 def errors(monkeypatch):
     """Every error notification shown by the widgets."""
