@@ -97,7 +97,32 @@ def _config_differences(saved: RunConfig, wanted: RunConfig) -> List[str]:
             for sec in b for k in b[sec] if (sec, k) not in _SPEED_ONLY and a[sec].get(k) != b[sec][k]]
 
 
-def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None) -> None:
+def _method_terms(method: str) -> List[Any]:
+    """The term list a method preset stands for now, in JSON form (to compare with a run's record)."""
+    from .distill import methods as _registers_presets  # noqa: F401
+    from .registry import METHODS
+
+    return json.loads(json.dumps(METHODS.meta(method).get("terms", [])))
+
+
+def _check_method_record(run: Path, method: str) -> None:
+    """``method.json`` in a student run records the terms its method preset had when it was trained,
+    so a run whose preset has changed in the code since (other terms or weights) is not silently
+    reused or resumed. Runs from before the record existed get one."""
+    record = run / "method.json"
+    terms = _method_terms(method)
+    if record.exists():
+        had = json.loads(record.read_text(encoding="utf-8"))
+        if had.get("method") != method or had.get("terms") != terms:
+            raise RuntimeError(f"{run} was trained with method {had.get('method')!r} = {had.get('terms')}, but "
+                               f"{method!r} is now {terms}; use another --results folder or remove that run")
+        return
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"method": method, "terms": terms}), encoding="utf-8")
+    os.replace(tmp, record)
+
+
+def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None, method: Optional[str] = None) -> None:
     from .config import load_config
     from .train.engine import run_training
 
@@ -107,12 +132,16 @@ def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None) -> None:
         if diff:
             raise RuntimeError(f"{run} was made with other settings than this suite asks for "
                                f"({'; '.join(diff[:4])}); use another --results folder or remove that run")
+    if method is not None and state is not None:
+        _check_method_record(run, method)
     if state:
         log(f"   reuse {run.name}")
         return
     resume = state is False and (run / "config.yaml").exists()
     log(f"   {'resume' if resume else 'train'} {run.name}")
     res = run_training(cfg, run, resume=resume, task_factory=task_factory)
+    if method is not None:
+        _check_method_record(run, method)
     if res["status"] != "finished":
         raise RuntimeError(f"{run} ended with status {res['status']}")
 
@@ -124,7 +153,7 @@ def _student_job(run: str, cfg_dict: Dict[str, Any], teacher_run: str, method: s
     cfg = RunConfig.from_dict(cfg_dict)
     factory = None if method == "none" else distill_task_factory(Path(teacher_run), method,
                                                                   patch_size=cfg.data.patch_size)
-    _ensure_run(Path(run), cfg, lambda m: print(m, flush=True), task_factory=factory)
+    _ensure_run(Path(run), cfg, lambda m: print(m, flush=True), task_factory=factory, method=method)
     return run
 
 
@@ -142,7 +171,7 @@ def _train_students(jobs_list, teacher_run: Path, jobs: int, log) -> None:
     pending = []
     for r, c, m in jobs_list:
         if _finished(r):
-            _ensure_run(r, c, log)  # checks the settings and says "reuse"
+            _ensure_run(r, c, log, method=m)  # checks the settings and says "reuse"
         else:
             pending.append((r, c, m))
     errors = []

@@ -91,3 +91,30 @@ def test_a_finished_run_with_other_settings_is_not_reused(tiny_vessels, tmp_path
     suite.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(RuntimeError, match="other settings.*iterations"):
         bench.run_bench(suite, "cpu", results, methods=["none"], log=lambda m: None)
+
+
+def test_a_run_whose_method_preset_changed_is_not_reused(tiny_vessels, tmp_path, monkeypatch):
+    """Each student run records its method's terms (method.json); when the preset in the code has other
+    terms or weights since, the run is refused, not reused under the new name."""
+    import json
+
+    import pytest
+
+    import napari_medkd.bench as bench
+
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)
+    suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
+    raw = yaml.safe_load(suite.read_text(encoding="utf-8"))
+    raw["methods"] = ["none", "logit_kd"]
+    raw["seeds"] = [0]
+    suite.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    results = tmp_path / "results"
+    bench.run_bench(suite, "cpu", results, log=lambda m: None)
+    record = results / "tiny" / "cpu" / "runs" / "logit_kd_s0" / "method.json"
+    saved = json.loads(record.read_text(encoding="utf-8"))
+    assert saved["method"] == "logit_kd" and [t[0] for t in saved["terms"]] == ["logit_kd"]
+    bench.run_bench(suite, "cpu", results, log=lambda m: None)  # unchanged preset: reused
+    saved["terms"].append(["skd_holistic", 0.1, {}])  # as if the preset had another term then
+    record.write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="logit_kd_s0 was trained with method 'logit_kd'"):
+        bench.run_bench(suite, "cpu", results, log=lambda m: None)

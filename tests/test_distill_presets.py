@@ -50,6 +50,20 @@ def test_every_preset_trains_a_student(method, teacher_run, tiny_vessels, tmp_pa
             assert (run / "stages" / f"{st['name']}.pt").is_file()
 
 
+def test_adversarial_terms_are_only_in_the_full_recipe_presets():
+    """methods.md §6.7: the WGAN-GP terms are off by default; skd_adv / graph_flow_adv / graph_flow_paper
+    are the published recipes with them, and otherwise the same terms and weights."""
+    def terms(m):
+        return [(t[0], t[1]) for t in METHODS.meta(m)["terms"]]
+
+    adversarial = {"skd_holistic", "gf_adversarial"}
+    for plain, full, adv in (("skd", "skd_adv", "skd_holistic"), ("graph_flow", "graph_flow_adv", "gf_adversarial")):
+        assert not adversarial & {n for n, _ in terms(plain)}
+        assert (adv, 0.1) in terms(full)
+        assert [t for t in terms(full) if t[0] != adv] == terms(plain)
+    assert "gf_adversarial" in {n for n, _ in terms("graph_flow_paper")}
+
+
 def test_stage_is_reused_on_resume(teacher_run, tiny_vessels, tmp_path):
     cfg = distill_cfg(tiny_vessels, "gkd", iterations=2)
     run = tmp_path / "gkd"
