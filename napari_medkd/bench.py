@@ -218,11 +218,23 @@ def _evaluate(run: Path, data: str, tag: str, fsd_ref: Optional[Path] = None) ->
     return out
 
 
-def _ort_ms(run: Path, log) -> float:
-    """Median ms per 512x512 slice of the exported student in onnxruntime (cached)."""
+#: input sizes of the cost columns: MACs of one forward pass, onnxruntime time of one input
+COST_SHAPES = {2: {"macs": (256, 256), "ort": (512, 512)}, 3: {"macs": (64, 64, 64), "ort": (64, 64, 64)}}
+
+
+def _size_label(shape) -> str:
+    return f"{shape[0]}{'²' if len(shape) == 2 else '³'}"
+
+
+def _ort_ms(run: Path, log, shape=(512, 512)) -> float:
+    """Median ms of one ``shape`` input (a 512x512 slice for 2D networks) through the exported model
+    in onnxruntime (cached with its shape; a cache without one is from 512x512 slices)."""
+    shape = tuple(int(v) for v in shape)
     cache = run / "ort_ms.json"
     if cache.exists():
-        return json.loads(cache.read_text(encoding="utf-8"))["ms"]
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        if tuple(saved.get("shape", (512, 512))) == shape:
+            return saved["ms"]
     try:
         from .export.onnx_export import export_onnx
         from .inference.ort_infer import OrtSegmenter
@@ -232,14 +244,14 @@ def _ort_ms(run: Path, log) -> float:
     if not onnx_path.exists():
         export_onnx(run, onnx_path)
     seg = OrtSegmenter(onnx_path)
-    x = np.random.default_rng(0).normal(size=(1, seg.in_channels, 512, 512)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1, seg.in_channels, *shape)).astype(np.float32)
     times = []
     for _ in range(22):
         t0 = time.perf_counter()
         seg.run(x)
         times.append((time.perf_counter() - t0) * 1000)
     ms = float(np.median(times[2:]))  # measured after all training, so no run shares the cores
-    cache.write_text(json.dumps({"ms": ms}), encoding="utf-8")
+    cache.write_text(json.dumps({"ms": ms, "shape": list(shape)}), encoding="utf-8")
     return ms
 
 
@@ -272,9 +284,10 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
     def record(label: str, method: str, run_list: List[Path]) -> None:
         lm = load_run_model(run_list[0])
         params = count_parameters(lm.model)
-        macs = count_macs(lm.model, (1, lm.meta["in_channels"], 256, 256))
-        row: Dict[str, Any] = {"row": label, "method": method, "params": params, "gmacs_256": macs / 1e9,
-                               "seeds": len(run_list)}
+        shapes = COST_SHAPES[getattr(lm.model, "spatial_dims", 2)]
+        macs = count_macs(lm.model, (1, lm.meta["in_channels"], *shapes["macs"]))
+        row: Dict[str, Any] = {"row": label, "method": method, "params": params, "gmacs": macs / 1e9,
+                               "macs_input": _size_label(shapes["macs"]), "seeds": len(run_list)}
         eval_s = 0.0
         for tag, data in domains:
             evs = [_evaluate(r, data, tag) for r in run_list]
@@ -285,8 +298,9 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
                 row[f"{metric}_{tag}_sd"] = float(np.nanstd(vals)) if len(vals) > 1 else math.nan
         arch = lm.meta.get("model_name", label)
         if arch not in ort_ms:  # one measurement per architecture: every student row has the same network
-            ort_ms[arch] = _ort_ms(run_list[0], log)
-        row["ort_ms_512"] = ort_ms[arch]
+            ort_ms[arch] = _ort_ms(run_list[0], log, shapes["ort"])
+        row["ort_ms"] = ort_ms[arch]
+        row["ort_input"] = _size_label(shapes["ort"])
         row["train_s_per_run"] = float(np.mean([_run_seconds(r) for r in run_list]))
         row["eval_s"] = float(eval_s)
         rows.append(row)
@@ -374,6 +388,11 @@ def _fmt(v, sd=None, nd=3) -> str:
     return f"{v:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None and math.isfinite(sd) else "")
 
 
+def _input_words(label: str) -> str:
+    n = label[:-1]
+    return f"{n}×{n} slice" if label.endswith("²") else f"{n}×{n}×{n} volume"
+
+
 def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds: float, jobs: int = 1) -> Path:
     teacher_min = sum(r["train_s_per_run"] for r in rows if r["method"] == "teacher") / 60
     student_min = sum(r["train_s_per_run"] * r["seeds"] for r in rows if r["method"] != "teacher") / 60
@@ -386,7 +405,7 @@ def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds:
         w.writeheader()
         w.writerows(rows)
     head = ["model"] + [f"Dice {t}" for t, _ in domains] + [f"HD95 {t}" for t, _ in domains] + \
-        ["params", "GMACs@256²", "ORT ms/512²", "train s/run", "gap closed (in)"]
+        ["params", f"GMACs@{rows[0]['macs_input']}", f"ORT ms/{rows[0]['ort_input']}", "train s/run", "gap closed (in)"]
     fsd_tags = [t for t, _ in domains[1:] if f"fsd_{t}" in rows[0]]
     head += [f"FSD in vs {t}" for t in fsd_tags]
     lines = [f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
@@ -399,14 +418,15 @@ def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds:
     for r in rows:
         cells = [r["row"]] + [_fmt(r[f"dice_{t}"], r[f"dice_{t}_sd"]) for t, _ in domains] + \
             [_fmt(r[f"hd95_{t}"], r[f"hd95_{t}_sd"], 2) for t, _ in domains] + \
-            [f"{r['params']:,}", f"{r['gmacs_256']:.3f}", _fmt(r["ort_ms_512"], nd=1), _fmt(r["train_s_per_run"], nd=0),
+            [f"{r['params']:,}", f"{r['gmacs']:.3f}", _fmt(r["ort_ms"], nd=1), _fmt(r["train_s_per_run"], nd=0),
              _fmt(r.get("gap_closed_in"), nd=2)] + \
             [_fmt(r[f"fsd_{t}"], r[f"fsd_{t}_sd"], 2) for t in fsd_tags]
         lines.append("| " + " | ".join(cells) + " |")
     md = root / "results.md"
     lines.append("")
     lines.append("Dice/HD95: mean ± sd over seeds of the per-case mean over foreground classes, on the test split. "
-                 "ORT ms: median onnxruntime CPU time per 512×512 slice of that architecture. "
+                 f"ORT ms: median onnxruntime CPU time of one {_input_words(rows[0]['ort_input'])} "
+                 "through that architecture. "
                  "Gap closed: (distilled − alone) / (teacher − alone), in-domain Dice.")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _plots(rows, root, domains)
@@ -434,10 +454,10 @@ def _plots(rows, root: Path, domains) -> None:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 4))
     for r in rows:
-        if math.isfinite(r["ort_ms_512"]):
-            ax.scatter(r["ort_ms_512"], r["dice_in"])
-            ax.annotate(r["method"], (r["ort_ms_512"], r["dice_in"]), fontsize=7)
-    ax.set_xlabel("onnxruntime ms per 512×512 slice")
+        if math.isfinite(r["ort_ms"]):
+            ax.scatter(r["ort_ms"], r["dice_in"])
+            ax.annotate(r["method"], (r["ort_ms"], r["dice_in"]), fontsize=7)
+    ax.set_xlabel(f"onnxruntime ms per {_input_words(rows[0]['ort_input'])}")
     ax.set_ylabel("Dice")
     fig.tight_layout()
     fig.savefig(root / "dice_vs_ms.png", dpi=110)

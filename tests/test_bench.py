@@ -24,7 +24,7 @@ def _suite(tmp_path, data, cross):
 def test_bench_writes_table_and_reuses_runs(tiny_vessels, tmp_path, monkeypatch, capsys):
     import napari_medkd.bench as bench
 
-    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)  # ONNX timing is benchmarked elsewhere
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)  # ONNX timing is benchmarked elsewhere
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
     results = tmp_path / "results"
     assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results)]) == 0
@@ -63,7 +63,7 @@ def test_bench_trains_students_in_parallel_jobs(tiny_vessels, tmp_path, monkeypa
     per-run training seconds and the suite's compute minutes."""
     import napari_medkd.bench as bench
 
-    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
     results = tmp_path / "results"
     assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results), "--jobs", "2",
@@ -82,7 +82,7 @@ def test_a_finished_run_with_other_settings_is_not_reused(tiny_vessels, tmp_path
 
     import napari_medkd.bench as bench
 
-    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
     results = tmp_path / "results"
     assert main(["bench", "--suite", str(suite), "--preset", "cpu", "--results", str(results), "--methods", "none"]) == 0
@@ -102,7 +102,7 @@ def test_a_run_whose_method_preset_changed_is_not_reused(tiny_vessels, tmp_path,
 
     import napari_medkd.bench as bench
 
-    monkeypatch.setattr(bench, "_ort_ms", lambda run, log: 1.0)
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
     raw = yaml.safe_load(suite.read_text(encoding="utf-8"))
     raw["methods"] = ["none", "logit_kd"]
@@ -118,3 +118,23 @@ def test_a_run_whose_method_preset_changed_is_not_reused(tiny_vessels, tmp_path,
     record.write_text(json.dumps(saved), encoding="utf-8")
     with pytest.raises(RuntimeError, match="logit_kd_s0 was trained with method 'logit_kd'"):
         bench.run_bench(suite, "cpu", results, log=lambda m: None)
+
+
+def test_bench_on_a_3d_suite_reports_volume_costs(tiny_msd, tmp_path):
+    """3D networks: MACs and the onnxruntime time are of a 64³ volume (a 2D 256² input cannot go
+    through a 3D network), exported and run for real."""
+    import napari_medkd.bench as bench
+
+    suite = {
+        "name": "tiny3d", "data": str(tiny_msd), "teacher": {"model": "unet3d_tiny"}, "student": "unet3d_tiny",
+        "methods": ["none"], "seeds": [0], "data_options": {"patch_size": 16, "val_fraction": 0.25},
+        "presets": {"cpu": {"teacher": {"iterations": 2, "batch_size": 2, "val_every": 2},
+                            "train": {"iterations": 2, "batch_size": 2, "val_every": 2}}},
+    }
+    path = tmp_path / "tiny3d.yaml"
+    path.write_text(yaml.safe_dump(suite), encoding="utf-8")
+    md = bench.run_bench(path, "cpu", tmp_path / "results", log=lambda m: None).read_text(encoding="utf-8")
+    assert "GMACs@64³" in md and "ORT ms/64³" in md and "64×64×64 volume" in md
+    rows = list(csv.DictReader(open(tmp_path / "results" / "tiny3d" / "cpu" / "results.csv")))
+    assert [r["method"] for r in rows] == ["teacher", "none"]
+    assert float(rows[1]["gmacs"]) > 0 and float(rows[1]["ort_ms"]) > 0
