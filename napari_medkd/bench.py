@@ -222,8 +222,12 @@ def _evaluate(run: Path, data: str, tag: str, fsd_ref: Optional[Path] = None) ->
 COST_SHAPES = {2: {"macs": (256, 256), "ort": (512, 512)}, 3: {"macs": (64, 64, 64), "ort": (64, 64, 64)}}
 
 
-def _size_label(shape) -> str:
-    return f"{shape[0]}{'²' if len(shape) == 2 else '³'}"
+def _cost_inputs(dims: int) -> Dict[str, str]:
+    """Names of the cost columns' inputs for ``dims``-D networks: table labels and plain words."""
+    macs, ort = COST_SHAPES[dims]["macs"], COST_SHAPES[dims]["ort"]
+    power = "²" if dims == 2 else "³"
+    return {"macs": f"{macs[0]}{power}", "ort": f"{ort[0]}{power}",
+            "ort_words": "×".join(map(str, ort)) + (" slice" if dims == 2 else " volume")}
 
 
 def _ort_ms(run: Path, log, shape=(512, 512)) -> float:
@@ -284,10 +288,11 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
     def record(label: str, method: str, run_list: List[Path]) -> None:
         lm = load_run_model(run_list[0])
         params = count_parameters(lm.model)
-        shapes = COST_SHAPES[getattr(lm.model, "spatial_dims", 2)]
+        dims = getattr(lm.model, "spatial_dims", 2)
+        shapes = COST_SHAPES[dims]
         macs = count_macs(lm.model, (1, lm.meta["in_channels"], *shapes["macs"]))
         row: Dict[str, Any] = {"row": label, "method": method, "params": params, "gmacs": macs / 1e9,
-                               "macs_input": _size_label(shapes["macs"]), "seeds": len(run_list)}
+                               "spatial_dims": dims, "seeds": len(run_list)}
         eval_s = 0.0
         for tag, data in domains:
             evs = [_evaluate(r, data, tag) for r in run_list]
@@ -300,7 +305,6 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
         if arch not in ort_ms:  # one measurement per architecture: every student row has the same network
             ort_ms[arch] = _ort_ms(run_list[0], log, shapes["ort"])
         row["ort_ms"] = ort_ms[arch]
-        row["ort_input"] = _size_label(shapes["ort"])
         row["train_s_per_run"] = float(np.mean([_run_seconds(r) for r in run_list]))
         row["eval_s"] = float(eval_s)
         rows.append(row)
@@ -388,24 +392,20 @@ def _fmt(v, sd=None, nd=3) -> str:
     return f"{v:.{nd}f}" + (f" ± {sd:.{nd}f}" if sd is not None and math.isfinite(sd) else "")
 
 
-def _input_words(label: str) -> str:
-    n = label[:-1]
-    return f"{n}×{n} slice" if label.endswith("²") else f"{n}×{n}×{n} volume"
-
-
 def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds: float, jobs: int = 1) -> Path:
     teacher_min = sum(r["train_s_per_run"] for r in rows if r["method"] == "teacher") / 60
     student_min = sum(r["train_s_per_run"] * r["seeds"] for r in rows if r["method"] != "teacher") / 60
     train_min = teacher_min + student_min
     train_wall = teacher_min + student_min / max(1, jobs)
     eval_min = sum(r["eval_s"] for r in rows if math.isfinite(r["eval_s"])) / 60
+    inputs = _cost_inputs(rows[0]["spatial_dims"])
     keys = list(rows[0].keys())
     with open(root / "results.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
     head = ["model"] + [f"Dice {t}" for t, _ in domains] + [f"HD95 {t}" for t, _ in domains] + \
-        ["params", f"GMACs@{rows[0]['macs_input']}", f"ORT ms/{rows[0]['ort_input']}", "train s/run", "gap closed (in)"]
+        ["params", f"GMACs@{inputs['macs']}", f"ORT ms/{inputs['ort']}", "train s/run", "gap closed (in)"]
     fsd_tags = [t for t, _ in domains[1:] if f"fsd_{t}" in rows[0]]
     head += [f"FSD in vs {t}" for t in fsd_tags]
     lines = [f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
@@ -425,7 +425,7 @@ def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds:
     md = root / "results.md"
     lines.append("")
     lines.append("Dice/HD95: mean ± sd over seeds of the per-case mean over foreground classes, on the test split. "
-                 f"ORT ms: median onnxruntime CPU time of one {_input_words(rows[0]['ort_input'])} "
+                 f"ORT ms: median onnxruntime CPU time of one {inputs['ort_words']} "
                  "through that architecture. "
                  "Gap closed: (distilled − alone) / (teacher − alone), in-domain Dice.")
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -457,7 +457,7 @@ def _plots(rows, root: Path, domains) -> None:
         if math.isfinite(r["ort_ms"]):
             ax.scatter(r["ort_ms"], r["dice_in"])
             ax.annotate(r["method"], (r["ort_ms"], r["dice_in"]), fontsize=7)
-    ax.set_xlabel(f"onnxruntime ms per {_input_words(rows[0]['ort_input'])}")
+    ax.set_xlabel(f"onnxruntime ms per {_cost_inputs(rows[0]['spatial_dims'])['ort_words']}")
     ax.set_ylabel("Dice")
     fig.tight_layout()
     fig.savefig(root / "dice_vs_ms.png", dpi=110)
