@@ -50,7 +50,8 @@ def _drive_cases(n):
 def _volume(n_slices):
     import numpy as np
 
-    from napari_medkd.io.image_io import MedicalImage, read_image
+    from napari_medkd.io.image import MedicalImage
+    from napari_medkd.io.image_io import read_image
 
     cases = _drive_cases(20)
     if cases:
@@ -104,13 +105,13 @@ def worker(spec: dict) -> dict:
     import torch
 
     from napari_medkd.data.datasets import load_label
-    from napari_medkd.data.preprocess import PreprocessConfig
+    from napari_medkd.data.prepare import PreprocessConfig
     from napari_medkd.inference.ort_infer import OrtSegmenter
     from napari_medkd.inference.predict_files import predict_image
-    from napari_medkd.inference.run_model import load_run_model
+    from napari_medkd.train.run_model import load_run_model
     from napari_medkd.io.image_io import read_image
     from napari_medkd.metrics.overlap import dice_per_class
-    from napari_medkd.train.data import prepare_image
+    from napari_medkd.data.prepare import prepare_image
 
     threads = spec["threads"]
     torch.set_num_threads(threads)
@@ -170,7 +171,7 @@ def _untrained_checkpoint(name: str, folder: Path) -> Path:
     """A randomly initialised model saved as load_run_model reads it (same weights in every process)."""
     import torch
 
-    from napari_medkd.data.preprocess import PreprocessConfig
+    from napari_medkd.data.prepare import PreprocessConfig
     from napari_medkd.models import build_model
     from napari_medkd.train.checkpoint import save_checkpoint
 
@@ -200,7 +201,7 @@ def _sample_pngs(folder: Path):
 
 
 def _params(ckpt) -> int:
-    from napari_medkd.inference.run_model import load_run_model
+    from napari_medkd.train.run_model import load_run_model
 
     return sum(p.numel() for p in load_run_model(ckpt).model.parameters())
 

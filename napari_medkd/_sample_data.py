@@ -39,7 +39,8 @@ def hippocampus() -> List[LayerData]:
 
 def fundus_phantom() -> List[LayerData]:
     """An RGB fundus phantom with its vessel labels (made by this project, no patient data)."""
-    from .io.image_io import MedicalImage, read_image
+    from .io.image import MedicalImage
+    from .io.image_io import read_image
 
     folder = sample_root() / "vessels2d" / "train"
     img_path, mask_path = folder / "images" / FUNDUS_CASE, folder / "masks" / FUNDUS_CASE

@@ -32,7 +32,7 @@ def geometry_from_attributes(meta: Dict[str, Any], ndim_spatial: int) -> Optiona
 
 def reference_image(shape, geometry: Optional[Dict[str, Any]]):
     """A ``MedicalImage`` carrying only the geometry (a zero-stride array of ``shape``)."""
-    from .io.image_io import MedicalImage
+    from .io.image import MedicalImage
 
     if geometry is None:
         return None

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .io.atomic import write_text_atomic
+
 
 class CLIError(Exception):
     pass
@@ -118,7 +120,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
+    from .workflows.evaluate import evaluate_run
 
     res = evaluate_run(args.model, args.data, split=args.split, which=args.checkpoint, surface=not args.no_surface)
     print(res.table())
@@ -131,14 +133,14 @@ def cmd_evaluate(args) -> int:
     if args.out:
         res.write(Path(args.out))
         if fsd is not None:
-            (Path(args.out) / "fsd.json").write_text(json.dumps(fsd, indent=1), encoding="utf-8")
+            write_text_atomic(Path(args.out) / "fsd.json", json.dumps(fsd, indent=1))
         print(f"written: {args.out}/per_case.csv, summary.json" + (", fsd.json" if fsd is not None else ""))
     return 0
 
 
 def _fsd_for_evaluate(args) -> dict:
     from .data.datasets import load_dataset
-    from .metrics.fsd import domain_fsd, load_run_msan
+    from .analysis.fsd_probe import domain_fsd, load_run_msan
 
     probe_run = Path(args.msan or args.model)
     msan = load_run_msan(probe_run, 2)
@@ -158,7 +160,7 @@ def _fsd_for_evaluate(args) -> dict:
 
 def cmd_predict(args) -> int:
     from .inference.predict_files import list_inputs, mask_name, predict_path
-    from .inference.run_model import load_run_model
+    from .train.run_model import load_run_model
 
     lm = load_run_model(args.model, which=args.checkpoint)
     src = Path(args.input)
@@ -198,7 +200,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .workflows.bench import run_bench
 
     suite = Path(args.suite)
     if not suite.suffix:
@@ -210,7 +212,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from .pipeline import run_pipeline
+    from .workflows.pipeline import run_pipeline
 
     run_pipeline(Path(args.data), Path(args.out), minutes_teacher=args.teacher_minutes,
                  minutes_student=args.student_minutes, method=args.method, minutes_distill=args.distill_minutes,
@@ -280,11 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the preset's jobs, else 1)")
     p.set_defaults(fn=cmd_bench)
 
-    from .export.onnx_export import add_cli as add_export
-    from .inference.ort_infer import add_cli as add_infer
-
-    add_export(sub)
-    add_infer(sub)
+    _add_export(sub)
+    _add_infer(sub)
 
     p = sub.add_parser("pipeline", help="the one-click job: teacher, student alone, distilled student, "
                                         "evaluation, ONNX export and report")
@@ -300,6 +299,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_pipeline)
     return ap
+
+
+def _add_export(subparsers) -> None:
+    """``medkd export --model RUN --out FILE.onnx [--opset N] [--overwrite] [--images ...] [--exporter ...]``."""
+    from .export.onnx_export import EXPORTERS
+
+    p = subparsers.add_parser("export", help="export a trained student to a checked, self-contained ONNX file")
+    p.add_argument("--model", dest="model_opt", metavar="MODEL", help="run folder or checkpoint")
+    p.add_argument("model", nargs="?", help="the same, given without --model")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--images", nargs="*", help="images for the parity check (default: the run's test images)")
+    p.add_argument("--exporter", default="auto", choices=EXPORTERS)
+    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--int8", metavar="FILE", help="also write a static int8 (QDQ) quantised copy here")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+
+def _model_arg(args) -> str:
+    model = args.model_opt or args.model
+    if not model:
+        raise ValueError("give the model: --model PATH")
+    return model
+
+
+def cmd_export(args) -> int:
+    from .export.onnx_export import export_onnx
+
+    args.model = _model_arg(args)
+    rep = export_onnx(args.model, args.out, opset=args.opset, sample_images=args.images or None,
+                      overwrite=args.overwrite, atol=args.atol, exporter=args.exporter)
+    print(rep.format())
+    if args.int8:
+        from .export.quantize import quantize_int8
+
+        print(quantize_int8(rep.path, args.int8, calibration_images=args.images or None,
+                            overwrite=args.overwrite).format())
+    return 0
+
+
+def _add_infer(subparsers) -> None:
+    """``medkd infer --model MODEL.onnx --input PATH --output PATH [--overwrite] [--threads N]``."""
+    p = subparsers.add_parser("infer", help="segment images, folders, volumes or DICOM series with an ONNX model")
+    p.add_argument("--model", dest="model_opt", metavar="MODEL", help="exported .onnx file")
+    p.add_argument("model", nargs="?", help="the same, given without --model")
+    p.add_argument("--input", required=True, help="image file, volume, DICOM folder, or folder of images")
+    p.add_argument("--output", required=True, help="mask file (single input) or folder")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: physical cores)")
+    p.add_argument("--cpu", action="store_true", help="CPU only, even if CUDA is available")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_infer)
+
+
+def cmd_infer(args) -> int:
+    from .inference.ort_infer import InferResult, OrtSegmenter, infer_path
+
+    args.model = _model_arg(args)
+    seg = OrtSegmenter(args.model, providers=["CPUExecutionProvider"] if args.cpu else None, threads=args.threads)
+
+    def show(r: "InferResult") -> None:
+        print(f"{r.source} -> {r.output} ({r.seconds:.2f} s, {r.ms_per_slice:.1f} ms/slice, labels {r.labels_present})",
+              flush=True)
+
+    infer_path(args.model, args.input, args.output, overwrite=args.overwrite, segmenter=seg, on_result=show)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

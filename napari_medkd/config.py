@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from .io.atomic import write_text_atomic
+
 
 class ConfigError(ValueError):
     pass
@@ -123,4 +125,4 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -22,7 +22,7 @@ def _suite(tmp_path, data, cross):
 
 
 def test_bench_writes_table_and_reuses_runs(tiny_vessels, tmp_path, monkeypatch, capsys):
-    import napari_medkd.bench as bench
+    import napari_medkd.workflows.bench as bench
 
     monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)  # ONNX timing is benchmarked elsewhere
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
@@ -44,7 +44,7 @@ def test_bench_writes_table_and_reuses_runs(tiny_vessels, tmp_path, monkeypatch,
 
 
 def test_teacher_budget_is_not_mixed_with_the_students(tmp_path):
-    from napari_medkd.bench import Suite, _config
+    from napari_medkd.workflows.bench import Suite, _config
 
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump({
@@ -61,7 +61,7 @@ def test_teacher_budget_is_not_mixed_with_the_students(tmp_path):
 def test_bench_trains_students_in_parallel_jobs(tiny_vessels, tmp_path, monkeypatch):
     """--jobs 2 trains the student runs in two processes; every run finishes and the table has the
     per-run training seconds and the suite's compute minutes."""
-    import napari_medkd.bench as bench
+    import napari_medkd.workflows.bench as bench
 
     monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
@@ -80,7 +80,7 @@ def test_a_finished_run_with_other_settings_is_not_reused(tiny_vessels, tmp_path
     """Changing a preset (here the students' iterations) must not silently reuse old runs."""
     import pytest
 
-    import napari_medkd.bench as bench
+    import napari_medkd.workflows.bench as bench
 
     monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
@@ -100,7 +100,7 @@ def test_a_run_whose_method_preset_changed_is_not_reused(tiny_vessels, tmp_path,
 
     import pytest
 
-    import napari_medkd.bench as bench
+    import napari_medkd.workflows.bench as bench
 
     monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
     suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
@@ -123,7 +123,7 @@ def test_a_run_whose_method_preset_changed_is_not_reused(tiny_vessels, tmp_path,
 def test_bench_on_a_3d_suite_reports_volume_costs(tiny_msd, tmp_path):
     """3D networks: MACs and the onnxruntime time are of a 64³ volume (a 2D 256² input cannot go
     through a 3D network), exported and run for real."""
-    import napari_medkd.bench as bench
+    import napari_medkd.workflows.bench as bench
 
     suite = {
         "name": "tiny3d", "data": str(tiny_msd), "teacher": {"model": "unet3d_tiny"}, "student": "unet3d_tiny",

@@ -13,7 +13,7 @@ from napari_medkd.config import RunConfig
 from napari_medkd.export import onnx_export
 from napari_medkd.export.onnx_export import ExportCheckError, export_onnx
 from napari_medkd.export.quantize import quantize_int8
-from napari_medkd.inference.run_model import load_run_model
+from napari_medkd.train.run_model import load_run_model
 from napari_medkd.train.engine import run_training
 
 STUDENTS_2D = ["unet_tiny", "enet", "espnet", "erfnet", "mobilenetv2_unet"]

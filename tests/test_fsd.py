@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from napari_medkd.distill.terms.gkd_msan import MSANHeader
-from napari_medkd.metrics.fsd import frechet_semantic_distance, semantic_vectors
+from napari_medkd.metrics.fsd import frechet_semantic_distance
+from napari_medkd.analysis.fsd_probe import semantic_vectors
 
 
 def test_same_distribution_is_near_zero():

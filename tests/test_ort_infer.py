@@ -12,8 +12,9 @@ from napari_medkd.config import RunConfig
 from napari_medkd.export.onnx_export import export_onnx
 from napari_medkd.inference.ort_infer import OnnxModelError, OrtSegmenter, infer_path
 from napari_medkd.inference.predict_files import predict_image
-from napari_medkd.inference.run_model import LoadedModel, load_run_model
-from napari_medkd.io.image_io import MedicalImage, read_image
+from napari_medkd.train.run_model import LoadedModel, load_run_model
+from napari_medkd.io.image import MedicalImage
+from napari_medkd.io.image_io import read_image
 from napari_medkd.train.engine import run_training
 
 

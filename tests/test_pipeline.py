@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from napari_medkd.pipeline import run_pipeline
+from napari_medkd.workflows.pipeline import run_pipeline
 
 
 @pytest.fixture

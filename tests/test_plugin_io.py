@@ -115,7 +115,7 @@ def test_png_writer_for_2d_labels(tmp_path):
 
 def test_dicom_folder_opens(make_napari_viewer, tmp_path):
     from napari_medkd.io.dicom import write_dicom_series
-    from napari_medkd.io.image_io import MedicalImage
+    from napari_medkd.io.image import MedicalImage
 
     arr = (np.arange(4 * 8 * 9).reshape(4, 8, 9) % 200).astype(np.int16)
     vol = MedicalImage(arr, (0.8, 0.8, 3.0), (5.0, -2.0, 10.0), tuple(np.eye(3).ravel()))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from napari_medkd.data.augment import augment
-from napari_medkd.data.preprocess import (PreprocessConfig, crop_back, normalize_intensity, pad_to_multiple,
-                                          preprocess_image, resample_to_spacing)
+from napari_medkd.data.prepare import (PreprocessConfig, crop_back, normalize_intensity, pad_to_multiple,
+                                       preprocess_image, resample_to_spacing)
 from napari_medkd.data.slices import sample_patch, slices_to_volume, volume_to_slices
-from napari_medkd.io.image_io import MedicalImage
+from napari_medkd.io.image import MedicalImage
 
 IDENTITY3 = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from napari_medkd.distill.terms import attention, cwd, discriminator, emkd, ifvd, logit_kd, mskd, skd  # noqa: F401
 from napari_medkd.distill.terms._common import pool_nodes
-from napari_medkd.distill.terms.base import KDContext, TapInfo
+from napari_medkd.distill.terms.base import KDContext
+from napari_medkd.models.taps import TapInfo
 from napari_medkd.registry import TERMS
 
 K = 3

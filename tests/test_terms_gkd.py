@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from napari_medkd.distill.terms.base import KDContext, StageContext, TapInfo
+from napari_medkd.distill.terms.base import KDContext, StageContext
+from napari_medkd.models.taps import TapInfo
 from napari_medkd.distill.terms.gkd_dcgd import DCGDTerm
 from napari_medkd.distill.terms.gkd_dicd import DICDTerm
 from napari_medkd.distill.terms.gkd_msan import PSAE, GKDAlignment, MSANHeader, augment

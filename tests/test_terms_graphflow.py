@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from napari_medkd.distill.terms.base import KDContext, StageContext, TapInfo
+from napari_medkd.distill.terms.base import KDContext, StageContext
+from napari_medkd.models.taps import TapInfo
 from napari_medkd.distill.terms.graph_flow import GraphFlowTerm, adapt_patch, salience_nodes
 from napari_medkd.distill.terms.paraphraser import Paraphraser, paraphraser_parameter_count
 from napari_medkd.models.base import SegModel

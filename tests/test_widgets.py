@@ -161,8 +161,8 @@ def test_distill_bad_inputs_give_error_notifications(make_napari_viewer, runs, t
 
 def test_compare_dice_matches_metrics_and_evaluate(make_napari_viewer, qtbot, runs):
     from napari_medkd._widgets.compare_widget import CompareWidget
-    from napari_medkd.evaluate import evaluate_model
-    from napari_medkd.inference.run_model import load_run_model
+    from napari_medkd.workflows.evaluate import evaluate_model
+    from napari_medkd.train.run_model import load_run_model
     from napari_medkd.metrics.segmentation import segmentation_metrics
 
     viewer = make_napari_viewer()
@@ -264,7 +264,7 @@ def test_live_inference_adds_mask(make_napari_viewer, qtbot, runs, tmp_path):
     w.segment_volume()
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     from napari_medkd.inference.predict_files import predict_image
-    from napari_medkd.inference.run_model import load_run_model
+    from napari_medkd.train.run_model import load_run_model
     from napari_medkd.io.image_io import read_image
 
     ref = predict_image(load_run_model(runs["student"]), read_image(runs["data"] / "test" / "images" / "c50.png"))
@@ -297,7 +297,7 @@ def gkd_runs(tiny_msd, tmp_path_factory):
 
 def test_gkd_alignment_fsd_and_graph_on_a_volume(make_napari_viewer, qtbot, gkd_runs):
     from napari_medkd._widgets.alignment_widget import AlignmentWidget
-    from napari_medkd.metrics.fsd import load_run_msan as load_msan
+    from napari_medkd.analysis.fsd_probe import load_run_msan as load_msan
     from napari_medkd._widgets.graph_widget import GRAPH_TYPES, GraphWidget
     from napari_medkd.distill.terms.gkd_msan import MSANHeader
 

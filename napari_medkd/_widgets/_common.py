@@ -144,7 +144,7 @@ def spatial_shape(layer) -> tuple:
 
 def image_from_layer(layer):
     """A ``MedicalImage`` of a napari layer (array + geometry)."""
-    from ..io.image_io import MedicalImage
+    from ..io.image import MedicalImage
 
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     geo = layer_geometry(layer)
@@ -178,7 +178,7 @@ def current_index(viewer, layer, axis: int) -> int:
 # -- runs -------------------------------------------------------------------------------------
 def check_run_folder(path, what: str) -> Path:
     """A run folder holding a checkpoint, else an InputError naming it."""
-    from ..inference.run_model import checkpoint_path
+    from ..train.run_model import checkpoint_path
     from ..train.checkpoint import CheckpointError
 
     if path is None or str(path) in ("", "."):

@@ -22,8 +22,8 @@ from magicgui.widgets import CheckBox, Container, Select
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
-from ..metrics.fsd import load_run_msan as load_msan
-from ._features import assemble_volume, input_batches, model_input, taps_on, to_image_grid
+from ..analysis.fsd_probe import load_run_msan as load_msan
+from ..analysis.features import assemble_volume, input_batches, model_input, taps_on, to_image_grid
 
 TAPS = ("bottleneck", "enc_high", "enc_low", "dec_low")
 
@@ -159,7 +159,7 @@ class AlignmentWidget(QWidget):
 
 
 def _compute(t_run, s_run, img, taps, position):
-    from ..inference.run_model import load_run_model
+    from ..train.run_model import load_run_model
 
     t_lm, s_lm = load_run_model(t_run), load_run_model(s_run)
     msan = load_msan(s_run, int(s_lm.meta.get("model_dims", 2)))

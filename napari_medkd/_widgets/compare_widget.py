@@ -33,7 +33,7 @@ def compare_predictions(teacher_run, student_run, img, truth: Optional[np.ndarra
                         fov: Optional[np.ndarray] = None) -> Dict[str, Any]:
     """Run both models on ``img`` and measure teacher/student vs truth and student vs teacher."""
     from ..inference.predict_files import predict_image
-    from ..inference.run_model import load_run_model
+    from ..train.run_model import load_run_model
     from ..metrics.segmentation import segmentation_metrics
 
     lm_t, lm_s = load_run_model(teacher_run), load_run_model(student_run)

@@ -364,7 +364,7 @@ class DistillWidget(QWidget):
 
 def _predict(run_dir: Path, img):
     from ..inference.predict_files import predict_image
-    from ..inference.run_model import load_run_model
+    from ..train.run_model import load_run_model
 
     return predict_image(load_run_model(run_dir), img)
 

@@ -21,7 +21,7 @@ from magicgui.widgets import ComboBox, Container, SpinBox
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
-from ._features import feature_to_image_coords, plane_taps
+from ..analysis.features import feature_to_image_coords, plane_taps
 from ._plots import MatrixPlot
 
 GRAPH_TYPES = ("patch nodes (SKD / Graph Flow / MSKD)", "class-region prototypes (EMKD / MSKD class)")
@@ -215,6 +215,6 @@ class GraphWidget(QWidget):
 
 
 def _compute(t_run, s_run, img, position, kind, tap, max_nodes):
-    from ..inference.run_model import load_run_model
+    from ..train.run_model import load_run_model
 
     return region_graphs(load_run_model(t_run), load_run_model(s_run), img, position, kind, tap, max_nodes)

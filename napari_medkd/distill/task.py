@@ -29,7 +29,7 @@ class DistillError(ValueError):
 
 
 def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    from ..inference.run_model import load_run_model
+    from ..train.run_model import load_run_model
 
     lm = load_run_model(run, device=device)
     teacher = lm.model
@@ -148,7 +148,7 @@ class DistillTask(SupervisedTask):
     # pre-training stages -------------------------------------------------------------------
     def _build_teacher_cache(self, ctx) -> None:
         """Teacher logits of every whole training image (slices for 2D models on volumes), once."""
-        from ..inference.torch_predict import predict_logits
+        from ..models.predict import predict_logits
 
         sampler, emit = ctx["sampler"], ctx["emit"]
         t0 = time.time()

@@ -14,8 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..io.atomic import atomic_path
 
 METADATA_KEYS = ("medkd_version", "model_name", "class_names", "in_channels", "num_classes", "model_dims",
                  "preprocess", "spacing", "size_divisor", "source_run", "data_root", "exporter")
@@ -71,7 +71,7 @@ def _center_crop(arr: np.ndarray, n_spatial: int, max_size: int) -> np.ndarray:
 
 def _to_sample(name: str, image: np.ndarray, label: Optional[np.ndarray], model_dims: int, div: int,
                slice_axis: int, n_slices: int = 3) -> Sample:
-    from ..data.preprocess import pad_to_multiple
+    from ..data.prepare import pad_to_multiple
 
     img_dims = image.ndim - 1
     if model_dims == 2 and img_dims == 3:  # a few slices of the volume
@@ -97,9 +97,9 @@ def sample_inputs(meta: Dict[str, Any], size_divisor: int, sample_images: Option
     ``meta["data_root"]`` from the first of ``splits`` that has any, with their labels.
     Volumes give a few slices for 2D models."""
     from ..data.datasets import load_dataset
-    from ..data.preprocess import PreprocessConfig
+    from ..data.prepare import PreprocessConfig
     from ..io.image_io import read_image
-    from ..train.data import prepare_case, prepare_image
+    from ..data.prepare import prepare_case, prepare_image
 
     pcfg = PreprocessConfig.from_dict(meta["preprocess"])
     dims = int(meta.get("model_dims", 2))
@@ -213,7 +213,7 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
     """Export the run's model (``load_run_model``) to ``out_path`` (a single ``.onnx`` file)."""
     import onnx
 
-    from ..inference.run_model import LoadedModel, load_run_model
+    from ..train.run_model import LoadedModel, load_run_model
 
     t0 = time.perf_counter()
     if exporter not in EXPORTERS:
@@ -227,86 +227,40 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
     model, meta = lm.model, lm.meta
     was_training = model.training
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     try:
-        x, div, dims = _example(model, int(meta["in_channels"]))
-        samples = sample_inputs(meta, div, sample_images) if check else []
-        errors = []
-        used = None
-        for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
+        with atomic_path(out, overwrite=overwrite) as tmp:
+            x, div, dims = _example(model, int(meta["in_channels"]))
+            samples = sample_inputs(meta, div, sample_images) if check else []
+            errors = []
+            used = None
+            for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
+                try:
+                    if name == "dynamo":
+                        _export_dynamo(model, x, div, dims, tmp, opset)
+                    else:
+                        _export_torchscript(model, x, dims, tmp, opset)
+                    used = name
+                    break
+                except Exception as exc:  # noqa: BLE001 - fall back, report both if all fail
+                    errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+            if used is None:
+                raise ExportCheckError(f"could not export {meta['model_name']} to ONNX: " + "; ".join(errors))
+            proto = onnx.load(tmp)
+            props = {p.key: p.value for p in proto.metadata_props}
+            props.update(export_metadata(meta, div, str(lm.checkpoint.parent), used))
+            onnx.helper.set_model_props(proto, props)
+            onnx.save_model(proto, tmp, save_as_external_data=False)
             try:
-                if name == "dynamo":
-                    _export_dynamo(model, x, div, dims, tmp, opset)
-                else:
-                    _export_torchscript(model, x, dims, tmp, opset)
-                used = name
-                break
-            except Exception as exc:  # noqa: BLE001 - fall back, report both if all fail
-                errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
-        if used is None:
-            raise ExportCheckError(f"could not export {meta['model_name']} to ONNX: " + "; ".join(errors))
-        proto = onnx.load(tmp)
-        props = {p.key: p.value for p in proto.metadata_props}
-        props.update(export_metadata(meta, div, str(lm.checkpoint.parent), used))
-        onnx.helper.set_model_props(proto, props)
-        onnx.save_model(proto, tmp, save_as_external_data=False)
-        try:
-            onnx.checker.check_model(tmp, full_check=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportCheckError(f"{out}: the exported graph fails the ONNX checker: {exc}") from exc
-        max_diff, agreement = parity(model, tmp, samples) if samples else (float("nan"), float("nan"))
-        if samples and not (max_diff <= atol and agreement >= min_agreement):
-            raise ExportCheckError(
-                f"{out}: onnxruntime and torch disagree on {len(samples)} real image(s): max |logit diff| "
-                f"{max_diff:.3g} (allowed {atol:g}), mask agreement {agreement:.6f} (needed {min_agreement}); "
-                "the file was not written")
-        if out.exists() and not overwrite:  # appeared meanwhile
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private
-        os.replace(tmp, out)
+                onnx.checker.check_model(tmp, full_check=True)
+            except Exception as exc:  # noqa: BLE001
+                raise ExportCheckError(f"{out}: the exported graph fails the ONNX checker: {exc}") from exc
+            max_diff, agreement = parity(model, tmp, samples) if samples else (float("nan"), float("nan"))
+            if samples and not (max_diff <= atol and agreement >= min_agreement):
+                raise ExportCheckError(
+                    f"{out}: onnxruntime and torch disagree on {len(samples)} real image(s): max |logit diff| "
+                    f"{max_diff:.3g} (allowed {atol:g}), mask agreement {agreement:.6f} (needed {min_agreement}); "
+                    "the file was not written")
     finally:
         model.train(was_training)
-        for junk in (tmp, tmp + ".data"):
-            if os.path.exists(junk):
-                os.unlink(junk)
     return ExportReport(out, used, max_diff, agreement, len(samples), out.stat().st_size / 2 ** 20,
                         time.perf_counter() - t0)
-
-
-def add_cli(subparsers) -> None:
-    """``medkd export --model RUN --out FILE.onnx [--opset N] [--overwrite] [--images ...] [--exporter ...]``."""
-    p = subparsers.add_parser("export", help="export a trained student to a checked, self-contained ONNX file")
-    p.add_argument("--model", dest="model_opt", metavar="MODEL", help="run folder or checkpoint")
-    p.add_argument("model", nargs="?", help="the same, given without --model")
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--images", nargs="*", help="images for the parity check (default: the run's test images)")
-    p.add_argument("--exporter", default="auto", choices=EXPORTERS)
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--int8", metavar="FILE", help="also write a static int8 (QDQ) quantised copy here")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(fn=cmd_export)
-
-
-def _model_arg(args) -> str:
-    model = args.model_opt or args.model
-    if not model:
-        raise ValueError("give the model: --model PATH")
-    return model
-
-
-def cmd_export(args) -> int:
-    args.model = _model_arg(args)
-    rep = export_onnx(args.model, args.out, opset=args.opset, sample_images=args.images or None,
-                      overwrite=args.overwrite, atol=args.atol, exporter=args.exporter)
-    print(rep.format())
-    if args.int8:
-        from .quantize import quantize_int8
-
-        print(quantize_int8(rep.path, args.int8, calibration_images=args.images or None,
-                            overwrite=args.overwrite).format())
-    return 0

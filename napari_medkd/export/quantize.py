@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from ..io.atomic import atomic_path
 
 from .onnx_export import Sample, sample_inputs
 
@@ -61,7 +62,7 @@ class _Reader:
 
 
 def _labels(sess, name: str, s: Sample) -> np.ndarray:
-    from ..data.preprocess import crop_back
+    from ..data.prepare import crop_back
 
     return crop_back(sess.run(None, {name: s.x})[0].argmax(1), s.pad)
 
@@ -97,53 +98,45 @@ def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = 
     calib = sample_inputs(meta, div, calibration_images, n=n_calibration, splits=("train", "test"))
     evals = sample_inputs(meta, div, eval_images, n=3, splits=("test", "train")) if (
         eval_images or not calibration_images) else calib
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    pre = tmp + ".pre.onnx"
-    try:
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        pre = tmp + ".pre.onnx"
         try:
-            quant_pre_process(str(src), pre, skip_symbolic_shape=True)
-            model_in = pre
-        except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
-            model_in = str(src)
-        root_log = logging.getLogger()
-        level = root_log.level
-        root_log.setLevel(logging.ERROR)  # the quantiser warns on the root logger about 1-D (norm) weights
-        try:
-            quantize_static(model_in, tmp, _Reader(fp32.input_name, calib), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"])
+            try:
+                quant_pre_process(str(src), pre, skip_symbolic_shape=True)
+                model_in = pre
+            except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
+                model_in = str(src)
+            root_log = logging.getLogger()
+            level = root_log.level
+            root_log.setLevel(logging.ERROR)  # the quantiser warns on the root logger about 1-D (norm) weights
+            try:
+                quantize_static(model_in, tmp, _Reader(fp32.input_name, calib), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"])
+            finally:
+                root_log.setLevel(level)
+            proto = onnx.load(tmp)
+            props = {p.key: p.value for p in proto.metadata_props}
+            props.update({p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
+            props["quantization"] = "int8 static QDQ, per-channel weights, MinMax calibration"
+            onnx.helper.set_model_props(proto, props)
+            onnx.save_model(proto, tmp, save_as_external_data=False)
+            try:
+                q = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001
+                raise QuantizeError(f"{out}: the quantised model does not load in onnxruntime: {exc}") from exc
+            p32, p8, truths = [], [], []
+            for s in evals:
+                p32.append(_labels(fp32.session, fp32.input_name, s))
+                p8.append(_labels(q, fp32.input_name, s))
+                truths.append(s.label)
+            k = fp32.num_classes
+            agree = float(sum((a == b).sum() for a, b in zip(p32, p8)) / sum(a.size for a in p32))
+            have_gt = all(t is not None for t in truths)
         finally:
-            root_log.setLevel(level)
-        proto = onnx.load(tmp)
-        props = {p.key: p.value for p in proto.metadata_props}
-        props.update({p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
-        props["quantization"] = "int8 static QDQ, per-channel weights, MinMax calibration"
-        onnx.helper.set_model_props(proto, props)
-        onnx.save_model(proto, tmp, save_as_external_data=False)
-        try:
-            q = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001
-            raise QuantizeError(f"{out}: the quantised model does not load in onnxruntime: {exc}") from exc
-        p32, p8, truths = [], [], []
-        for s in evals:
-            p32.append(_labels(fp32.session, fp32.input_name, s))
-            p8.append(_labels(q, fp32.input_name, s))
-            truths.append(s.label)
-        k = fp32.num_classes
-        agree = float(sum((a == b).sum() for a, b in zip(p32, p8)) / sum(a.size for a in p32))
-        have_gt = all(t is not None for t in truths)
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    finally:
-        for junk in (tmp, pre, pre + ".data"):
-            if os.path.exists(junk):
-                os.unlink(junk)
+            for junk in (pre, pre + ".data"):
+                if os.path.exists(junk):
+                    os.unlink(junk)
     return QuantReport(out, sum(len(s.x) for s in calib), sum(len(s.x) for s in evals), agree,
                        _mean_dice(p8, p32, k), _mean_dice(p32, truths, k) if have_gt else None,
                        _mean_dice(p8, truths, k) if have_gt else None, out.stat().st_size / 2 ** 20,

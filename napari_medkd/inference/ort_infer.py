@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..data.preprocess import PreprocessConfig, resample_to_spacing
-from ..io.image_io import MedicalImage
+from ..data.prepare import PreprocessConfig, labels_to_source_grid, resample_to_spacing
+from ..io.image import MedicalImage
 
 MAX_WHOLE_2D = 1024   # 2D images up to this size run in one go
 ROI_3D = 96           # 3D sliding-window size (as in torch_predict)
@@ -91,18 +91,6 @@ def _pad_center(x: np.ndarray, div: int, n: int) -> Tuple[np.ndarray, Tuple[slic
     if any(a or b for a, b in pads):
         x = np.pad(x, [(0, 0)] * (x.ndim - n) + pads)
     return x, (Ellipsis,) + tuple(crop)
-
-
-def labels_to_source_grid(labels: np.ndarray, work: MedicalImage, img: MedicalImage) -> np.ndarray:
-    """Labels computed on the resampled ``work`` grid, brought back (nearest neighbour) to ``img``'s grid."""
-    if work is img:
-        return labels
-    tmp = MedicalImage(labels, work.spacing, work.origin, work.direction)
-    back = resample_to_spacing(tmp, img.spacing, is_label=True).array
-    out = np.zeros(np.shape(img.array)[: img.ndim_spatial], labels.dtype)
-    sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, back.shape))
-    out[sl] = back[sl]
-    return out
 
 
 def _as_labels(logits: np.ndarray) -> np.ndarray:
@@ -268,7 +256,7 @@ class OrtSegmenter:
 
     # -- images -----------------------------------------------------------------------------------
     def _prepare(self, img: MedicalImage) -> Tuple[np.ndarray, MedicalImage]:
-        from ..train.data import prepare_image
+        from ..data.prepare import prepare_image
 
         image_cf, work = prepare_image(img, self.pcfg)
         self._check_channels(image_cf, f"image {img.path}" if img.path else "image")
@@ -340,7 +328,7 @@ class OrtSegmenter:
         Without ``stats`` the slice is normalised alone (exact for 2D-image models); with ``stats`` from
         :meth:`normalisation_stats` of its volume it is normalised as the whole volume would be.
         """
-        from ..train.data import prepare_image
+        from ..data.prepare import prepare_image
 
         t0 = time.perf_counter()
         raw = np.asarray(slice_2d_raw)
@@ -398,30 +386,3 @@ def infer_path(onnx_path, input, output, overwrite: bool = False, segmenter: Opt
         if on_result is not None:
             on_result(r)
     return results
-
-
-def add_cli(subparsers) -> None:
-    """``medkd infer --model MODEL.onnx --input PATH --output PATH [--overwrite] [--threads N]``."""
-    p = subparsers.add_parser("infer", help="segment images, folders, volumes or DICOM series with an ONNX model")
-    p.add_argument("--model", dest="model_opt", metavar="MODEL", help="exported .onnx file")
-    p.add_argument("model", nargs="?", help="the same, given without --model")
-    p.add_argument("--input", required=True, help="image file, volume, DICOM folder, or folder of images")
-    p.add_argument("--output", required=True, help="mask file (single input) or folder")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: physical cores)")
-    p.add_argument("--cpu", action="store_true", help="CPU only, even if CUDA is available")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(fn=cmd_infer)
-
-
-def cmd_infer(args) -> int:
-    from ..export.onnx_export import _model_arg
-
-    args.model = _model_arg(args)
-    seg = OrtSegmenter(args.model, providers=["CPUExecutionProvider"] if args.cpu else None, threads=args.threads)
-
-    def show(r: InferResult) -> None:
-        print(f"{r.source} -> {r.output} ({r.seconds:.2f} s, {r.ms_per_slice:.1f} ms/slice, labels {r.labels_present})",
-              flush=True)
-
-    infer_path(args.model, args.input, args.output, overwrite=args.overwrite, segmenter=seg, on_result=show)
-    return 0

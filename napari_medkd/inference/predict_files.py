@@ -8,10 +8,12 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..data.preprocess import PreprocessConfig, resample_to_spacing
-from ..io.image_io import MedicalImage, is_supported, read_image, write_mask
-from .run_model import LoadedModel
-from .torch_predict import predict_labels
+from ..data.prepare import PreprocessConfig, resample_to_spacing
+from ..io.image import MedicalImage
+from ..io.suffixes import is_supported
+from ..io.image_io import read_image, write_mask
+from ..train.run_model import LoadedModel
+from ..models.predict import predict_labels
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 
@@ -55,7 +57,7 @@ class Prediction:
 
 def predict_image(lm: LoadedModel, img: MedicalImage, device=None) -> np.ndarray:
     """Labels for one image in its own grid (resampled back if the model works at another spacing)."""
-    from ..train.data import prepare_image
+    from ..data.prepare import prepare_image
 
     pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
     image_cf, work = prepare_image(img, pcfg)

@@ -9,8 +9,6 @@ the slice order reversed (same voxels in space, right-handed direction).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -20,7 +18,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .image_io import ImageReadError, ImageWriteError, MedicalImage, PathLike, _sitk_reason, image_from_sitk
+from .atomic import staging_dir
+from .image import ImageReadError, ImageWriteError, MedicalImage, PathLike, image_from_sitk
+from .image import sitk_reason as _sitk_reason
 
 
 @dataclass
@@ -165,9 +165,7 @@ def write_dicom_series(volume: MedicalImage, folder: PathLike, *, description: s
         clash = [n for n in names if (folder / n).exists()]
         if clash:
             raise FileExistsError(f"{folder / clash[0]}: file exists ({len(clash)} in all); pass overwrite=True")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".medkd-dicom-", dir=folder))
-    try:
+    with staging_dir(folder, prefix=".medkd-dicom-") as tmp:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
         for i, name in enumerate(names):
@@ -186,5 +184,3 @@ def write_dicom_series(volume: MedicalImage, folder: PathLike, *, description: s
                 raise ImageWriteError(f"{folder / name}: DICOM writing failed: {_sitk_reason(e, tmp / name)}") from e
         for name in names:
             os.replace(tmp / name, folder / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

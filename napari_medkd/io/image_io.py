@@ -15,121 +15,22 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import shutil
 import struct
-import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import numpy as np
 
-VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-BITMAP_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
-SUPPORTED_EXTENSIONS: Tuple[str, ...] = VOLUME_EXTENSIONS + BITMAP_EXTENSIONS
-WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".tif", ".tiff")
-_FORMAT = {".nii.gz": "NIfTI", ".nii": "NIfTI", ".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD",
-           ".nhdr": "NRRD", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG",
-           ".bmp": "BMP", ".gif": "GIF"}
-PathLike = Union[str, os.PathLike]
+from .atomic import staging_dir
+from .image import ImageReadError, ImageWriteError, MedicalImage, PathLike, image_from_sitk
+from .image import sitk_reason as _sitk_reason
+from .suffixes import BITMAP_EXTENSIONS, SUPPORTED_EXTENSIONS, WRITE_EXTENSIONS, is_supported
+from .suffixes import FORMAT_NAMES as _FORMAT
+from .suffixes import suffix_of as _suffix
 
-
-class ImageReadError(ValueError):
-    """A file or folder could not be read as an image; the message names it and says why."""
-
-
-class ImageWriteError(ValueError):
-    """An image or mask could not be written; the message names the target and says why."""
-
-
-@dataclass
-class MedicalImage:
-    """An array with its SimpleITK geometry (see the module docstring for axis orders)."""
-
-    array: np.ndarray
-    spacing: Tuple[float, ...]
-    origin: Tuple[float, ...]
-    direction: Tuple[float, ...]
-    path: str = ""
-
-    def __post_init__(self):
-        self.spacing = tuple(float(v) for v in np.ravel(self.spacing))
-        self.origin = tuple(float(v) for v in np.ravel(self.origin))
-        self.direction = tuple(float(v) for v in np.ravel(self.direction))
-        self.path = "" if self.path is None else str(self.path)
-        n = len(self.spacing)
-        if n not in (2, 3) or len(self.origin) != n or len(self.direction) != n * n:
-            raise ValueError(f"{self.path or 'image'}: inconsistent geometry: spacing {self.spacing}, "
-                             f"origin {self.origin}, direction of {len(self.direction)} values")
-        if np.ndim(self.array) not in (n, n + 1):
-            raise ValueError(f"{self.path or 'image'}: array of shape {np.shape(self.array)} does not fit "
-                             f"{n} spatial axes")
-
-    @property
-    def ndim_spatial(self) -> int:
-        return len(self.spacing)
-
-    @property
-    def channels(self) -> int:
-        shape = np.shape(self.array)
-        return shape[-1] if len(shape) == self.ndim_spatial + 1 else 1
-
-    @property
-    def is_rgb(self) -> bool:
-        return self.ndim_spatial == 2 and np.ndim(self.array) == 3 and self.channels == 3
-
-    def geometry(self) -> dict:
-        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
-
-    def to_sitk(self):
-        import SimpleITK as sitk
-
-        arr = np.asarray(self.array)
-        if arr.dtype == np.bool_:
-            arr = arr.astype(np.uint8)
-        img = sitk.GetImageFromArray(arr, isVector=arr.ndim == self.ndim_spatial + 1)
-        img.SetSpacing(self.spacing)
-        img.SetOrigin(self.origin)
-        img.SetDirection(self.direction)
-        return img
-
-    @classmethod
-    def from_sitk(cls, img, path: PathLike = "") -> "MedicalImage":
-        import SimpleITK as sitk
-
-        return cls(sitk.GetArrayFromImage(img), img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path))
-
-    def affine(self) -> np.ndarray:
-        """Homogeneous index -> physical matrix, both in numpy axis order ((z, y, x) or (y, x))."""
-        n = self.ndim_spatial
-        lin = np.asarray(self.direction, float).reshape(n, n) @ np.diag(self.spacing)
-        out = np.eye(n + 1)
-        out[:n, :n] = lin[::-1, ::-1]
-        out[:n, n] = np.asarray(self.origin, float)[::-1]
-        return out
-
-
-def _suffix(path: PathLike) -> str:
-    name = Path(path).name.lower()
-    for ext in SUPPORTED_EXTENSIONS:
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
-
-
-def is_supported(path: PathLike) -> bool:
-    """True if ``path`` has a file extension :func:`read_image` reads (folders are not checked)."""
-    return _suffix(path) in SUPPORTED_EXTENSIONS
-
-
-def _sitk_reason(exc: Exception, path: PathLike) -> str:
-    """The useful part of a SimpleITK/ITK error message, without the C++ source locations."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    keep = [ln.split("ERROR:", 1)[-1].strip() for ln in lines if "Exception thrown in" not in ln]
-    text = " ".join(k for k in keep if k) or type(exc).__name__
-    text = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", text)  # ITK object addresses
-    return text.replace(str(path), Path(path).name)[:300]
+__all__ = ["ImageReadError", "ImageWriteError", "MedicalImage", "PathLike", "image_from_sitk", "is_supported",
+           "read_image", "write_image", "write_mask"]
 
 
 def _missing_data_file(p: Path) -> Optional[str]:
@@ -180,27 +81,6 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> MedicalImage
                              f"format): {_sitk_reason(e, p)}") from e
     return image_from_sitk(img, p, bitmap=ext in BITMAP_EXTENSIONS)
 
-
-def image_from_sitk(img, path: PathLike, bitmap: bool = False) -> MedicalImage:
-    """Apply the reading rules (dimensions, channels, bitmap geometry) to a SimpleITK image."""
-    import SimpleITK as sitk
-
-    dim, comps = img.GetDimension(), img.GetNumberOfComponentsPerPixel()
-    if dim not in (2, 3):
-        raise ImageReadError(f"{path}: {dim}D images are not supported (only 2D and 3D)")
-    if "complex" in img.GetPixelIDTypeAsString():
-        raise ImageReadError(f"{path}: complex-valued pixels are not supported")
-    arr = sitk.GetArrayFromImage(img)
-    if comps > 1:
-        if dim == 3:
-            raise ImageReadError(f"{path}: 3D image with {comps} components per voxel; only single-channel "
-                                 f"volumes (and 2D RGB images) are supported")
-        if comps not in (2, 3, 4):
-            raise ImageReadError(f"{path}: 2D image with {comps} channels; expected grey, RGB or RGBA")
-        arr = arr[..., 0] if comps == 2 else np.ascontiguousarray(arr[..., :3])
-    if bitmap:
-        return MedicalImage(arr, (1.0,) * dim, (0.0,) * dim, tuple(np.eye(dim).ravel()), str(path))
-    return MedicalImage(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path))
 
 
 def _read_with_pil(p: Path, ext: str, why: str = "") -> MedicalImage:
@@ -340,9 +220,7 @@ def _write(array, path: PathLike, reference: Optional[MedicalImage], overwrite: 
 def _atomic_write(img, p: Path, overwrite: bool, compress: bool) -> None:
     import SimpleITK as sitk
 
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".medkd-write-", dir=p.parent))
-    try:
+    with staging_dir(p.parent) as tmp:
         try:
             sitk.WriteImage(img, str(tmp / p.name), useCompression=compress)
         except RuntimeError as e:
@@ -354,8 +232,6 @@ def _atomic_write(img, p: Path, overwrite: bool, compress: bool) -> None:
                 raise FileExistsError(f"{', '.join(clash)}: file exists; pass overwrite=True to replace it")
         for f in produced:
             os.replace(f, p.parent / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_image(array, path: PathLike, reference: Optional[MedicalImage] = None,

@@ -10,7 +10,7 @@ from .base import SegModel
 from .taps import FeatureTaps
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..distill.terms.base import TapInfo
+    from .taps import TapInfo
 
 
 def _ensure_registered() -> None:
@@ -40,7 +40,7 @@ def tap_info(model: SegModel, in_channels: int, size: int = 64) -> Dict[str, "Ta
     The probe is ``1 x in_channels x size^dims`` (``size`` rounded up to the model's
     ``size_divisor``), run in eval mode without gradients; the model's mode is restored.
     """
-    from ..distill.terms.base import TapInfo
+    from .taps import TapInfo
 
     dims = int(getattr(model, "spatial_dims", 2))
     div = int(model.size_divisor)

@@ -6,10 +6,18 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """What one named tap gives: its channel count and stride (input size / tap size; 1 for logits)."""
+    channels: int
+    stride: int
 
 
 def _resolve(model: nn.Module, path: str) -> nn.Module:

@@ -29,7 +29,8 @@ import numpy as np
 from ..config import RunConfig, load_config, save_config
 from ..metrics.overlap import dice_per_class
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import PatchSampler, load_spec, prepare_case, preprocess_config, split_train_val
+from .sampler import PatchSampler
+from ..data.prepare import load_spec, prepare_case, preprocess_config, split_train_val
 from .device import describe_device, resolve_device
 from .distributed import any_true, broadcast_object, cleanup, init_distributed
 from .events import EventLog
@@ -80,7 +81,7 @@ def _install_signal_handlers(flag: _StopFlag):
 
 
 def validate(model, cases, device, slice_axis: int, num_classes: int) -> Dict[str, Any]:
-    from ..inference.torch_predict import predict_labels
+    from ..models.predict import predict_labels
 
     per_class: List[np.ndarray] = []
     for c in cases:

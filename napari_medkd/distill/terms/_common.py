@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import TERMS
-from .base import KDContext, TapInfo
+from .base import KDContext
+from ...models.taps import TapInfo
 
 REGION_SOURCES = ("gt", "teacher", "student")
 MAX_NODES = 64 * 64

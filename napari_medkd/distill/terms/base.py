@@ -25,11 +25,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class TapInfo:
-    channels: int
-    stride: int  # input size / tap size (1 for logits)
+from ...models.taps import TapInfo
 
 
 @dataclass

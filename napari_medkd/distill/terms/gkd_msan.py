@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import DistillTerm, StageContext, TapInfo
+from .base import DistillTerm, StageContext
+from ...models.taps import TapInfo
 from .paraphraser import conv_classes, set_frozen
 
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import TERMS
-from .base import DistillTerm, KDContext, StageContext, TapInfo
+from .base import DistillTerm, KDContext, StageContext
+from ...models.taps import TapInfo
 from .paraphraser import Paraphraser, set_frozen, train_paraphrasers
 
 PAPER_SUM_WEIGHTS = (1e-5, 1e-9)

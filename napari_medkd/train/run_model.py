@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
-from ..train.checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 
 
 @dataclass

@@ -11,11 +11,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .data.datasets import load_dataset, load_label
-from .inference.predict_files import predict_image
-from .inference.run_model import LoadedModel, load_run_model
-from .io.image_io import read_image
-from .metrics.segmentation import segmentation_metrics, summarize
+from ..io.atomic import write_text_atomic
+from ..data.datasets import load_dataset, load_label
+from ..inference.predict_files import predict_image
+from ..train.run_model import LoadedModel, load_run_model
+from ..io.image_io import read_image
+from ..metrics.segmentation import segmentation_metrics, summarize
 
 
 @dataclass
@@ -47,10 +48,10 @@ class EvalResult:
             w = csv.DictWriter(fh, fieldnames=list(self.rows[0].keys()))
             w.writeheader()
             w.writerows(self.rows)
-        (folder / "summary.json").write_text(json.dumps({
+        write_text_atomic(folder / "summary.json", json.dumps({
             "model": self.model, "data": self.data, "split": self.split,
             "class_names": {str(k): v for k, v in self.class_names.items()},
-            "seconds_per_case": self.seconds_per_case, "summary": self.summary}, indent=1), encoding="utf-8")
+            "seconds_per_case": self.seconds_per_case, "summary": self.summary}, indent=1))
 
 
 def evaluate_model(lm: LoadedModel, data_root: str | Path, split: str = "test",

@@ -1,16 +1,22 @@
-"""Intensity normalisation, resampling and padding: pure numpy functions shared by training and inference.
+"""Preprocessing and its inverse, in one place: intensity normalisation, resampling, padding, reading
+a case for training, the train/validation split, and mapping labels back to the source grid.
 
-:func:`preprocess_image` is the one entry point both call, so a model sees the same input in both.
-Arrays come back channel-first float32: 2D -> ``(C, y, x)``, 3D -> ``(C, z, y, x)``.
+:func:`prepare_image` (resample -> :func:`preprocess_image`) is the one entry point training,
+evaluation, ``medkd predict``, ``medkd infer``, Live and Compare call, so a model sees the same input
+everywhere; :func:`labels_to_source_grid` is its inverse for label maps. Arrays come back
+channel-first float32: 2D -> ``(C, y, x)``, 3D -> ``(C, z, y, x)``.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .datasets import normalize_modality
+from ..config import DataConfig
+from ..io.image import MedicalImage
+from ..io.image_io import read_image
+from .datasets import Case, DatasetSpec, load_dataset, load_label, normalize_modality
 
 RGB_MODES = ("green", "rgb")
 
@@ -128,7 +134,7 @@ def resample_to_spacing(img, spacing: Sequence[float], is_label: bool = False):
     direction; linear interpolation for images, nearest neighbour for labels."""
     import SimpleITK as sitk
 
-    from ..io.image_io import MedicalImage
+    from ..io.image import MedicalImage
 
     nsp = _n_spatial(img)
     spacing = tuple(float(s) for s in spacing)
@@ -187,3 +193,86 @@ def crop_back(array: np.ndarray, pad_spec: PadSpec) -> np.ndarray:
         raise ValueError(f"pad spec for {n} axes but the array has {array.ndim}")
     sl = tuple(slice(b, array.shape[array.ndim - n + i] - a) for i, (b, a) in enumerate(pad_spec))
     return array[(Ellipsis,) + sl]
+
+
+@dataclass
+class PreparedCase:
+    id: str
+    image: np.ndarray              # channel-first float32 (C, *spatial)
+    label: Optional[np.ndarray]    # (*spatial) int64, or None
+    fov: Optional[np.ndarray]      # (*spatial) bool, or None
+    reference: MedicalImage        # geometry of the (possibly resampled) image; array is not kept
+
+
+def preprocess_config(cfg: DataConfig, spec: DatasetSpec) -> PreprocessConfig:
+    return PreprocessConfig.from_dict({
+        "modality": cfg.modality or spec.modality,
+        "rgb_mode": cfg.rgb_mode,
+        "ct_window": tuple(cfg.ct_window),
+        "target_spacing": tuple(cfg.target_spacing) if cfg.target_spacing else None,
+        "slice_axis": cfg.slice_axis,
+    })
+
+
+def prepare_image(img: MedicalImage, pcfg: PreprocessConfig) -> Tuple[np.ndarray, MedicalImage]:
+    if pcfg.target_spacing and img.ndim_spatial == len(pcfg.target_spacing):
+        img = resample_to_spacing(img, pcfg.target_spacing, is_label=False)
+    return preprocess_image(img, pcfg).astype(np.float32), img
+
+
+def _read_mask(path, img: MedicalImage, pcfg: PreprocessConfig) -> np.ndarray:
+    lbl = load_label(path)
+    if pcfg.target_spacing and img.ndim_spatial == len(pcfg.target_spacing):
+        src = read_image(path)
+        src.array = lbl
+        lbl = resample_to_spacing(src, pcfg.target_spacing, is_label=True).array
+    return lbl
+
+
+def prepare_case(case: Case, pcfg: PreprocessConfig) -> PreparedCase:
+    raw = read_image(case.image)
+    image, img = prepare_image(raw, pcfg)
+    spatial = image.shape[1:]
+    label = fov = None
+    if case.label is not None:
+        label = _read_mask(case.label, raw, pcfg).astype(np.int64)
+        if label.shape != spatial:
+            raise ValueError(f"{case.label}: mask shape {label.shape} differs from image shape {spatial}")
+    if case.fov is not None:
+        fov = _read_mask(case.fov, raw, pcfg) > 0
+        if fov.shape != spatial:
+            raise ValueError(f"{case.fov}: FOV shape {fov.shape} differs from image shape {spatial}")
+    ref = MedicalImage(array=np.zeros((1,) * img.array.ndim, np.uint8), spacing=img.spacing, origin=img.origin,
+                       direction=img.direction, path=str(case.image))
+    return PreparedCase(case.id, image, label, fov, ref)
+
+
+def split_train_val(cases: Sequence[Case], cfg: DataConfig, seed: int) -> Tuple[List[Case], List[Case]]:
+    cases = [c for c in cases if c.split == "train"]
+    if cfg.val_cases:
+        wanted = set(cfg.val_cases)
+        return [c for c in cases if c.id not in wanted], [c for c in cases if c.id in wanted]
+    n_val = int(round(len(cases) * cfg.val_fraction))
+    if cfg.val_fraction > 0 and len(cases) > 1:
+        n_val = max(1, min(n_val, len(cases) - 1))
+    else:
+        n_val = 0
+    order = np.random.default_rng(seed).permutation(len(cases))
+    val = sorted(order[:n_val].tolist())
+    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
+
+
+def load_spec(cfg: DataConfig) -> DatasetSpec:
+    return load_dataset(cfg.root, class_names=cfg.class_names)
+
+
+def labels_to_source_grid(labels: np.ndarray, work: MedicalImage, img: MedicalImage) -> np.ndarray:
+    """Labels computed on the resampled ``work`` grid, brought back (nearest neighbour) to ``img``'s grid."""
+    if work is img:
+        return labels
+    tmp = MedicalImage(labels, work.spacing, work.origin, work.direction)
+    back = resample_to_spacing(tmp, img.spacing, is_label=True).array
+    out = np.zeros(np.shape(img.array)[: img.ndim_spatial], labels.dtype)
+    sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, back.shape))
+    out[sl] = back[sl]
+    return out

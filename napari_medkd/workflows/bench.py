@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import yaml
 
-from .config import RunConfig
+from ..config import RunConfig
+from ..io.atomic import write_text_atomic
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Suite:
 
 
 def _finished(run: Path) -> Optional[bool]:
-    from .train.events import read_events
+    from ..train.events import read_events
 
     ev = run / "events.jsonl"
     if not ev.exists():
@@ -99,8 +100,8 @@ def _config_differences(saved: RunConfig, wanted: RunConfig) -> List[str]:
 
 def _method_terms(method: str) -> List[Any]:
     """The term list a method preset stands for now, in JSON form (to compare with a run's record)."""
-    from .distill import methods as _registers_presets  # noqa: F401
-    from .registry import METHODS
+    from ..distill import methods as _registers_presets  # noqa: F401
+    from ..registry import METHODS
 
     return json.loads(json.dumps(METHODS.meta(method).get("terms", [])))
 
@@ -117,14 +118,12 @@ def _check_method_record(run: Path, method: str) -> None:
             raise RuntimeError(f"{run} was trained with method {had.get('method')!r} = {had.get('terms')}, but "
                                f"{method!r} is now {terms}; use another --results folder or remove that run")
         return
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"method": method, "terms": terms}), encoding="utf-8")
-    os.replace(tmp, record)
+    write_text_atomic(record, json.dumps({"method": method, "terms": terms}))
 
 
 def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None, method: Optional[str] = None) -> None:
-    from .config import load_config
-    from .train.engine import run_training
+    from ..config import load_config
+    from ..train.engine import run_training
 
     state = _finished(run)
     if state is not None and (run / "config.yaml").exists():
@@ -148,7 +147,7 @@ def _ensure_run(run: Path, cfg: RunConfig, log, task_factory=None, method: Optio
 
 def _student_job(run: str, cfg_dict: Dict[str, Any], teacher_run: str, method: str) -> str:
     """Train (or resume, or reuse) one student run; module-level so a process pool can call it."""
-    from .distill.task import distill_task_factory
+    from ..distill.task import distill_task_factory
 
     cfg = RunConfig.from_dict(cfg_dict)
     factory = None if method == "none" else distill_task_factory(Path(teacher_run), method,
@@ -193,7 +192,7 @@ def _train_students(jobs_list, teacher_run: Path, jobs: int, log) -> None:
 
 def _run_seconds(run: Path) -> float:
     """Wall seconds a run spent training (stages included), summed over its sessions if resumed."""
-    from .train.events import read_events
+    from ..train.events import read_events
 
     total, t0, last = 0.0, None, None
     for e in read_events(run / "events.jsonl"):
@@ -214,7 +213,7 @@ def _evaluate(run: Path, data: str, tag: str, fsd_ref: Optional[Path] = None) ->
     t0 = time.perf_counter()
     res = evaluate_run(run, data, split="test")
     out = {"summary": res.summary, "seconds_per_case": res.seconds_per_case, "seconds": time.perf_counter() - t0}
-    cache.write_text(json.dumps(out), encoding="utf-8")
+    write_text_atomic(cache, json.dumps(out))
     return out
 
 
@@ -240,8 +239,8 @@ def _ort_ms(run: Path, log, shape=(512, 512)) -> float:
         if tuple(saved.get("shape", (512, 512))) == shape:
             return saved["ms"]
     try:
-        from .export.onnx_export import export_onnx
-        from .inference.ort_infer import OrtSegmenter
+        from ..export.onnx_export import export_onnx
+        from ..inference.ort_infer import OrtSegmenter
     except ImportError:
         return math.nan
     onnx_path = run / "student.onnx"
@@ -255,7 +254,7 @@ def _ort_ms(run: Path, log, shape=(512, 512)) -> float:
         seg.run(x)
         times.append((time.perf_counter() - t0) * 1000)
     ms = float(np.median(times[2:]))  # measured after all training, so no run shares the cores
-    cache.write_text(json.dumps({"ms": ms, "shape": list(shape)}), encoding="utf-8")
+    write_text_atomic(cache, json.dumps({"ms": ms, "shape": list(shape)}))
     return ms
 
 
@@ -263,8 +262,8 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
               methods: Optional[List[str]] = None, jobs: Optional[int] = None) -> Path:
     """Run (or resume) a suite; ``methods`` limits this call to some of the suite's methods; ``jobs``
     student runs train at once (default: the preset's ``jobs``, else 1)."""
-    from .inference.run_model import load_run_model
-    from .models.cost import count_macs, count_parameters
+    from ..train.run_model import load_run_model
+    from ..models.cost import count_macs, count_parameters
 
     suite = Suite.load(suite_path, preset)
     if methods:
@@ -341,8 +340,8 @@ def _fsd_columns(rows, suite: Suite, domains, runs: Path, log) -> None:
     (so the student-alone and distilled rows are measured with the same instrument, as FID uses one
     Inception network). Without a GKD row there is no probe and no FSD column.
     """
-    from .data.datasets import load_dataset
-    from .metrics.fsd import domain_fsd, load_run_msan
+    from ..data.datasets import load_dataset
+    from ..analysis.fsd_probe import domain_fsd, load_run_msan
 
     gkd_run = runs / f"gkd_s{suite.seeds[0]}"
     if len(domains) < 2 or "gkd" not in suite.methods or not gkd_run.exists():
@@ -360,7 +359,7 @@ def _fsd_columns(rows, suite: Suite, domains, runs: Path, log) -> None:
                 cache = run / f"fsd_{tag}.json"
                 if not cache.exists():
                     log(f"   FSD {run.name}: {Path(suite.data).name} vs {tag}")
-                    cache.write_text(json.dumps(domain_fsd(run, header, source, target, tile=suite.fsd_tile)), encoding="utf-8")
+                    write_text_atomic(cache, json.dumps(domain_fsd(run, header, source, target, tile=suite.fsd_tile)))
                 vals.append(json.loads(cache.read_text(encoding="utf-8"))["fsd"])
             r[f"fsd_{tag}"] = float(np.mean(vals)) if vals else math.nan
             r[f"fsd_{tag}_sd"] = float(np.std(vals)) if len(vals) > 1 else math.nan
@@ -428,7 +427,7 @@ def write_outputs(rows, root: Path, suite: Suite, preset: str, domains, seconds:
                  f"ORT ms: median onnxruntime CPU time of one {inputs['ort_words']} "
                  "through that architecture. "
                  "Gap closed: (distilled − alone) / (teacher − alone), in-domain Dice.")
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(md, "\n".join(lines) + "\n")
     _plots(rows, root, domains)
     return md
 

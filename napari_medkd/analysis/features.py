@@ -48,8 +48,8 @@ class ModelInput:
 
 
 def model_input(lm, img) -> ModelInput:
-    from ..data.preprocess import PreprocessConfig
-    from ..train.data import prepare_image
+    from ..data.prepare import PreprocessConfig
+    from ..data.prepare import prepare_image
 
     pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
     x, _work = prepare_image(img, pcfg)
@@ -68,7 +68,7 @@ def input_batches(mi: ModelInput, indices: Optional[Sequence[int]] = None, batch
     spatial axis to the model's size divisor (``data.preprocess.pad_to_multiple``)."""
     import torch
 
-    from ..data.preprocess import pad_to_multiple
+    from ..data.prepare import pad_to_multiple
 
     def tensor(arr: np.ndarray):
         padded, _ = pad_to_multiple(arr, mi.divisor, n_spatial=arr.ndim - 2)

@@ -1,88 +1,13 @@
-"""Training data in memory: preprocessed cases, train/validation split, patch batches.
-
-The same ``prepare_case`` (read -> optional resampling -> ``preprocess_image``) serves training,
-evaluation and prediction, so what a model sees at inference is what it saw in training.
-"""
+"""Random training patches (2D slices of volumes for 2D models) with foreground over-sampling."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import DataConfig
 from ..data.augment import augment, intensity_jitter
-from ..data.datasets import Case, DatasetSpec, load_dataset, load_label
-from ..data.preprocess import PreprocessConfig, preprocess_image, resample_to_spacing
+from ..data.prepare import PreparedCase
 from ..data.slices import sample_patch
-from ..io.image_io import MedicalImage, read_image
-
-
-@dataclass
-class PreparedCase:
-    id: str
-    image: np.ndarray              # channel-first float32 (C, *spatial)
-    label: Optional[np.ndarray]    # (*spatial) int64, or None
-    fov: Optional[np.ndarray]      # (*spatial) bool, or None
-    reference: MedicalImage        # geometry of the (possibly resampled) image; array is not kept
-
-
-def preprocess_config(cfg: DataConfig, spec: DatasetSpec) -> PreprocessConfig:
-    return PreprocessConfig.from_dict({
-        "modality": cfg.modality or spec.modality,
-        "rgb_mode": cfg.rgb_mode,
-        "ct_window": tuple(cfg.ct_window),
-        "target_spacing": tuple(cfg.target_spacing) if cfg.target_spacing else None,
-        "slice_axis": cfg.slice_axis,
-    })
-
-
-def prepare_image(img: MedicalImage, pcfg: PreprocessConfig) -> Tuple[np.ndarray, MedicalImage]:
-    if pcfg.target_spacing and img.ndim_spatial == len(pcfg.target_spacing):
-        img = resample_to_spacing(img, pcfg.target_spacing, is_label=False)
-    return preprocess_image(img, pcfg).astype(np.float32), img
-
-
-def _read_mask(path, img: MedicalImage, pcfg: PreprocessConfig) -> np.ndarray:
-    lbl = load_label(path)
-    if pcfg.target_spacing and img.ndim_spatial == len(pcfg.target_spacing):
-        src = read_image(path)
-        src.array = lbl
-        lbl = resample_to_spacing(src, pcfg.target_spacing, is_label=True).array
-    return lbl
-
-
-def prepare_case(case: Case, pcfg: PreprocessConfig) -> PreparedCase:
-    raw = read_image(case.image)
-    image, img = prepare_image(raw, pcfg)
-    spatial = image.shape[1:]
-    label = fov = None
-    if case.label is not None:
-        label = _read_mask(case.label, raw, pcfg).astype(np.int64)
-        if label.shape != spatial:
-            raise ValueError(f"{case.label}: mask shape {label.shape} differs from image shape {spatial}")
-    if case.fov is not None:
-        fov = _read_mask(case.fov, raw, pcfg) > 0
-        if fov.shape != spatial:
-            raise ValueError(f"{case.fov}: FOV shape {fov.shape} differs from image shape {spatial}")
-    ref = MedicalImage(array=np.zeros((1,) * img.array.ndim, np.uint8), spacing=img.spacing, origin=img.origin,
-                       direction=img.direction, path=str(case.image))
-    return PreparedCase(case.id, image, label, fov, ref)
-
-
-def split_train_val(cases: Sequence[Case], cfg: DataConfig, seed: int) -> Tuple[List[Case], List[Case]]:
-    cases = [c for c in cases if c.split == "train"]
-    if cfg.val_cases:
-        wanted = set(cfg.val_cases)
-        return [c for c in cases if c.id not in wanted], [c for c in cases if c.id in wanted]
-    n_val = int(round(len(cases) * cfg.val_fraction))
-    if cfg.val_fraction > 0 and len(cases) > 1:
-        n_val = max(1, min(n_val, len(cases) - 1))
-    else:
-        n_val = 0
-    order = np.random.default_rng(seed).permutation(len(cases))
-    val = sorted(order[:n_val].tolist())
-    return [c for i, c in enumerate(cases) if i not in val], [cases[i] for i in val]
 
 
 class PatchSampler:
@@ -165,7 +90,3 @@ class PatchSampler:
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
-
-
-def load_spec(cfg: DataConfig) -> DatasetSpec:
-    return load_dataset(cfg.root, class_names=cfg.class_names)

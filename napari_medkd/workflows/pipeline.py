@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict
 
-from .config import RunConfig
+from ..config import RunConfig
+from ..io.atomic import write_text_atomic
 
 MARKER = ".medkd_pipeline"
 OUTPUT_ONLY_METHODS = ("logit_kd", "cwd")
@@ -27,7 +28,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def default_config(data: Path, model: str, minutes: float, seed: int = 0) -> RunConfig:
-    from .data.datasets import load_dataset
+    from ..data.datasets import load_dataset
 
     spec = load_dataset(data)
     cfg = RunConfig()
@@ -44,8 +45,8 @@ def default_config(data: Path, model: str, minutes: float, seed: int = 0) -> Run
 
 def _export_and_time(run: Path, onnx_path: Path, img, log) -> str:
     """Export ``run`` to ONNX (parity checked on real test images) and time it on ``img``."""
-    from .export.onnx_export import export_onnx
-    from .inference.ort_infer import OrtSegmenter
+    from ..export.onnx_export import export_onnx
+    from ..inference.ort_infer import OrtSegmenter
 
     log(f"== exporting {run.name} to {onnx_path}")
     rep = export_onnx(run, onnx_path)
@@ -67,13 +68,13 @@ def run_pipeline(data: Path, out: Path, minutes_teacher: float = 1.5, minutes_st
                  minutes_distill: float | None = None, export: bool = True, overwrite: bool = False,
                  log: Callable[[str], None] = print) -> Dict[str, object]:
     from .evaluate import evaluate_model
-    from .inference.run_model import load_run_model
-    from .io.image_io import read_image
-    from .data.datasets import load_dataset, load_label
-    from .inference.predict_files import predict_image
+    from ..train.run_model import load_run_model
+    from ..io.image_io import read_image
+    from ..data.datasets import load_dataset, load_label
+    from ..inference.predict_files import predict_image
     from .report import metrics_table, side_by_side_figure
-    from .distill.task import distill_task_factory
-    from .train.engine import run_training
+    from ..distill.task import distill_task_factory
+    from ..train.engine import run_training
 
     t0 = time.time()
     out = Path(out)
@@ -127,9 +128,9 @@ def run_pipeline(data: Path, out: Path, minutes_teacher: float = 1.5, minutes_st
     report = (f"# napari-medkd report\n\nData: `{data}` (test split)\n\n{table}\n\n"
               f"Dice is per class over the test cases (mean ± sd); HD95 in mm (pixels for 2D data without spacing).\n\n"
               f"![teacher and student masks]({fig.name})\n\n{onnx_text}Total time: {elapsed:.0f} s\n")
-    (out / "report.md").write_text(report, encoding="utf-8")
+    write_text_atomic(out / "report.md", report)
     summary = {"elapsed_s": elapsed, "runs": {k: str(v) for k, v in runs.items()},
                "test": {lbl: r.summary for lbl, _, r in results}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     log(f"== report written to {out / 'report.md'} ({elapsed:.0f} s)")
     return summary

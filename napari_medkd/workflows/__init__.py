@@ -1,0 +1,1 @@
+"""Whole jobs composed from the layers below: evaluation, the main pipeline, benchmarks, reports."""
