@@ -118,7 +118,7 @@ def worker(spec: dict) -> dict:
     kind, base = _peak_baseline()
     if spec["backend"] == "torch":
         lm = load_run_model(spec["ckpt"])
-        meta, model = lm.meta, lm.model
+        card, model = lm.card, lm.model
 
         def fn(x):
             with torch.inference_mode():
@@ -128,13 +128,13 @@ def worker(spec: dict) -> dict:
             return predict_image(lm, img)
     else:
         seg = OrtSegmenter(spec["onnx"], providers=["CPUExecutionProvider"], threads=threads)
-        meta = seg.meta
+        card = seg.card
         fn = seg.run
 
         def volume(img):
             return seg.segment(img).labels
-    pcfg = PreprocessConfig.from_dict(meta["preprocess"])
-    c = int(meta["in_channels"])
+    pcfg = PreprocessConfig.from_dict(card.preprocess)
+    c = int(card.in_channels)
     rng = np.random.default_rng(0)
     out = {}
     for batch, reps in ((1, spec["reps"]), (8, max(2, spec["reps"] // 4))):
@@ -171,17 +171,17 @@ def _untrained_checkpoint(name: str, folder: Path) -> Path:
     """A randomly initialised model saved as load_run_model reads it (same weights in every process)."""
     import torch
 
+    from napari_medkd.card import ModelCard
     from napari_medkd.data.prepare import PreprocessConfig
     from napari_medkd.models import build_model
     from napari_medkd.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(name, in_channels=1, num_classes=2).eval()
-    meta = {"model_name": name, "model_kwargs": {}, "in_channels": 1, "num_classes": 2,
-            "class_names": {0: "background", 1: "vessel"},
-            "preprocess": PreprocessConfig(modality="RGB", rgb_mode="green").to_dict(),
-            "model_dims": 2, "data_root": str(DRIVE) if DRIVE.is_dir() else "", "spacing": [1.0, 1.0]}
-    return save_checkpoint({"model": model.state_dict(), "meta": json.dumps(meta)}, folder / f"{name}.pt")
+    card = ModelCard(model_name=name, in_channels=1, num_classes=2, class_names={0: "background", 1: "vessel"},
+                     preprocess=PreprocessConfig(modality="RGB", rgb_mode="green").to_dict(), model_dims=2,
+                     data_root=str(DRIVE) if DRIVE.is_dir() else "", spacing=[1.0, 1.0])
+    return save_checkpoint({"model": model.state_dict(), "meta": card.to_checkpoint()}, folder / f"{name}.pt")
 
 
 def _sample_pngs(folder: Path):

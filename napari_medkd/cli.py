@@ -40,6 +40,7 @@ def _config_from_args(args) -> "RunConfig":
         "train": {"iterations": args.iterations, "epochs": args.epochs, "minutes": args.minutes,
                   "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "device": args.device,
                   "val_every": args.val_every, "threads": args.threads},
+        "distill": {"teacher": getattr(args, "teacher", None), "method": getattr(args, "method", None)},
     }
     cfg = cfg.merged(over)
     if not (args.resume or cfg.data.root):
@@ -80,29 +81,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from .distill.task import distill_task_factory
+    """Flags override the config's ``distill.teacher``/``distill.method``; a resumed run keeps the teacher
+    and method of its ``config.yaml`` (the engine reads it with ``load_config``)."""
     from .train.engine import run_training
 
     if not args.resume:
         args.model = args.student
     cfg = _config_from_args(args)
     if not args.resume:
-        cfg.distill.teacher = args.teacher or cfg.distill.teacher
-        cfg.distill.method = args.method or cfg.distill.method or "none"
+        cfg.distill.method = cfg.distill.method or "none"
         if not cfg.distill.teacher:
             raise CLIError("--teacher RUN_DIR is required (a run folder from `medkd train`)")
     run_dir = Path(args.resume or args.out or "")
     if not str(run_dir):
         raise CLIError("--out RUN_DIR is required")
-    if args.resume:
-        from .config import load_config
-
-        cfg_saved = load_config(run_dir / "config.yaml")
-        dcfg = cfg_saved.distill
-    else:
-        dcfg = cfg.distill
-    factory = distill_task_factory(dcfg.teacher, dcfg.method, dcfg.terms, patch_size=cfg.data.patch_size)
-    res = run_training(cfg, run_dir, resume=bool(args.resume), task_factory=factory, on_event=_print_event)
+    res = run_training(cfg, run_dir, resume=bool(args.resume), on_event=_print_event)
     print(json.dumps(res))
     return 0 if res["status"] == "finished" else 3
 

@@ -138,3 +138,124 @@ def test_bench_on_a_3d_suite_reports_volume_costs(tiny_msd, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "results" / "tiny3d" / "cpu" / "results.csv")))
     assert [r["method"] for r in rows] == ["teacher", "none"]
     assert float(rows[1]["gmacs"]) > 0 and float(rows[1]["ort_ms"]) > 0
+
+
+def test_a_suite_distill_terms_override_reaches_the_run(tiny_vessels, tmp_path, monkeypatch):
+    """A method entry's ``distill.terms`` replaces its preset's terms: it is in the run's config.yaml and
+    the run trains with those terms (logged each iteration), not the preset's."""
+    import json
+
+    import napari_medkd.workflows.bench as bench
+    from napari_medkd.config import load_config
+    from napari_medkd.train.events import read_events
+
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
+    suite = _suite(tmp_path, tiny_vessels, tiny_vessels)
+    raw = yaml.safe_load(suite.read_text(encoding="utf-8"))
+    terms = [{"name": "cwd", "weight": 2.0, "params": {"tau": 2.0}}]
+    raw["methods"] = ["none", {"name": "logit_kd", "distill": {"terms": terms}}]
+    raw["seeds"] = [0]
+    suite.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    logs = []
+    bench.run_bench(suite, "cpu", tmp_path / "results", log=logs.append)
+    run = tmp_path / "results" / "tiny" / "cpu" / "runs" / "logit_kd_s0"
+    saved = load_config(run / "config.yaml")
+    assert saved.distill.terms == terms and saved.distill.method == "logit_kd"
+    iters = [e for e in read_events(run / "events.jsonl") if e["event"] == "iter"]
+    assert iters and all("cwd" in e["terms"] and "logit_kd" not in e["terms"] for e in iters)
+    assert json.loads((run / "method.json").read_text(encoding="utf-8"))["terms"] == terms
+    alone = load_config(tmp_path / "results" / "tiny" / "cpu" / "runs" / "none_s0" / "config.yaml")
+    assert alone.distill.terms is None
+    assert not any("WARNING" in m for m in logs)  # the teacher's budget is in iterations
+
+
+def test_a_minutes_only_teacher_budget_is_warned_about(tmp_path):
+    from napari_medkd.workflows.bench import Suite, _teacher_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "data": str(tmp_path), "teacher": {"model": "unet"}, "student": "unet_tiny", "methods": ["none"],
+        "presets": {"cpu": {"teacher": {"minutes": 10}, "train": {"iterations": 300}},
+                    "it": {"teacher": {"iterations": 3000}, "train": {"iterations": 300}}}}), encoding="utf-8")
+    logs = []
+    assert _teacher_config(Suite.load(path, "cpu"), logs.append).train.minutes == 10
+    assert len(logs) == 1 and "WARNING" in logs[0] and "minutes" in logs[0]
+    logs.clear()
+    assert _teacher_config(Suite.load(path, "it"), logs.append).train.iterations == 3000 and not logs
+
+
+def test_shipped_suites_budget_the_teacher_in_iterations():
+    from pathlib import Path
+
+    suites = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "suites").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for name, preset in raw["presets"].items():
+            teacher = {**raw["teacher"], **preset.get("teacher", {})}
+            assert "minutes" not in teacher and teacher.get("iterations"), (path.name, name)
+
+
+def _rows(teacher, alone, kd, sd=0.002):
+    base = {"params": 10, "gmacs": 0.1, "spatial_dims": 2, "ort_ms": 1.0, "train_s_per_run": 1.0, "eval_s": 1.0,
+            "hd95_in": 5.0, "hd95_in_sd": float("nan")}
+    return [dict(base, row="teacher (unet)", method="teacher", seeds=1, dice_in=teacher, dice_in_sd=float("nan")),
+            dict(base, row="student alone", method="none", seeds=3, dice_in=alone, dice_in_sd=sd),
+            dict(base, row="student + logit_kd", method="logit_kd", seeds=3, dice_in=kd, dice_in_sd=sd)]
+
+
+def _table(rows):
+    from napari_medkd.workflows.bench_table import _gap, render_table
+
+    _gap(rows)
+    lines = render_table(rows, ["in"], [])
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("| model"))
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[head:head + 5] if ln.startswith("|")]
+    header, body = cells[0], cells[2:]
+    table = {r[0]: dict(zip(header, r)) for r in body}
+    return lines, head, table
+
+
+def test_table_without_headroom_prints_no_ratio():
+    """Teacher below the student alone: no ratio (the sign would flip), the footnote, and a warning
+    above the table because the teacher is not the best row."""
+    lines, head, t = _table(_rows(teacher=0.70, alone=0.75, kd=0.74))
+    assert t["student + logit_kd"]["gap closed (in)"].startswith("–")
+    assert t["teacher (unet)"]["gap closed (in)"].startswith("–")
+    assert any("no headroom: the teacher is not better than the student alone" in ln for ln in lines)
+    assert any("Warning" in ln and "teacher is not the best row" in ln for ln in lines[:head])
+    assert t["student + logit_kd"]["Δ vs alone (in)"].startswith("-0.010")
+
+
+def test_table_with_a_teacher_close_to_alone_prints_no_ratio():
+    """teacher − alone = 0.005 is under 0.01 (and under 2 pooled sd): the ratio would explode."""
+    lines, head, t = _table(_rows(teacher=0.755, alone=0.75, kd=0.753))
+    assert t["student + logit_kd"]["gap closed (in)"].startswith("–")
+    assert any("no headroom" in ln for ln in lines)
+    assert not any("Warning" in ln for ln in lines[:head])
+
+
+def test_table_with_headroom_prints_ratio_and_significant_delta():
+    lines, head, t = _table(_rows(teacher=0.85, alone=0.75, kd=0.80))
+    kd = t["student + logit_kd"]
+    assert kd["gap closed (in)"] == "0.50"
+    assert kd["Δ vs alone (in)"] == "0.050 ± 0.003*"  # |Δ| > 2 x pooled sd (0.002): significant
+    assert t["student alone"]["Δ vs alone (in)"] == "–" and t["student alone"]["gap closed (in)"] == "0.00"
+    assert not any("no headroom" in ln for ln in lines) and not any("Warning" in ln for ln in lines[:head])
+    _, _, t = _table(_rows(teacher=0.85, alone=0.75, kd=0.753))
+    assert t["student + logit_kd"]["Δ vs alone (in)"] == "0.003 ± 0.003"  # within 2 sd: no star
+
+
+def test_a_results_folder_is_re_rendered_from_its_csv(tmp_path):
+    import math
+
+    from napari_medkd.workflows.bench_table import _write_csv, rerender
+
+    rows = _rows(teacher=0.70, alone=0.75, kd=0.74)
+    _write_csv(rows, tmp_path / "results.csv")
+    (tmp_path / "results.md").write_text("Suite `x` on some machine.\n\n| old table |\n", encoding="utf-8")
+    md = rerender(tmp_path).read_text(encoding="utf-8")
+    assert md.startswith("Suite `x` on some machine.\n\n") and "| old table |" not in md
+    assert "Δ vs alone (in)" in md and "no headroom" in md
+    back = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert math.isnan(float(back[2]["gap_closed_in"])) and abs(float(back[2]["delta_in"]) + 0.01) < 1e-9

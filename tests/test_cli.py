@@ -101,3 +101,30 @@ def test_evaluate_reports_fsd_for_a_gkd_student(teacher, tiny_vessels, tmp_path,
     assert main(["evaluate", "--model", str(teacher), "--data", str(tiny_vessels), "--no-surface",
                  "--fsd-against", str(tiny_vessels), "--fsd-tile", "32"]) == 2
     assert "MSAN" in capsys.readouterr().err
+
+
+def test_distill_takes_teacher_and_method_from_the_config(teacher, tiny_vessels, tmp_path, capsys):
+    """``medkd distill --config FILE`` with the teacher, the student and the method in the YAML; a flag
+    overrides the YAML's method; ``--resume`` keeps the run's teacher and method (its config.yaml)."""
+    import yaml
+
+    from napari_medkd.config import load_config
+    from napari_medkd.train.events import read_events
+
+    cfg = tmp_path / "kd.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"root": str(tiny_vessels)}, "model": {"name": "unet_tiny"},
+                                   "distill": {"teacher": str(teacher), "method": "cwd"}}), encoding="utf-8")
+    run = tmp_path / "kd"
+    assert main(["distill", "--config", str(cfg), "--out", str(run)] + _budget(2)) == 0
+    saved = load_config(run / "config.yaml")
+    assert saved.distill.teacher == str(teacher) and saved.distill.method == "cwd"
+    iters = [e for e in read_events(run / "events.jsonl") if e["event"] == "iter"]
+    assert iters and all("cwd" in e["terms"] for e in iters)
+    run2 = tmp_path / "kd2"
+    assert main(["distill", "--config", str(cfg), "--method", "logit_kd", "--out", str(run2)] + _budget(2)) == 0
+    assert load_config(run2 / "config.yaml").distill.method == "logit_kd"
+    assert main(["distill", "--resume", str(run2), "--iterations", "3"]) == 0
+    starts = [e for e in read_events(run2 / "events.jsonl") if e["event"] == "start"]
+    assert [e["task"] for e in starts] == ["distill", "distill"]
+    iters = [e for e in read_events(run2 / "events.jsonl") if e["event"] == "iter"]
+    assert iters[-1]["iter"] == 3 and "logit_kd" in iters[-1]["terms"]

@@ -1,5 +1,4 @@
 """The training engine: run folder contents, checkpoints, stop/resume, 2D/3D, DDP."""
-import json
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from napari_medkd.card import ModelCard
 from napari_medkd.config import RunConfig
 from napari_medkd.train.checkpoint import load_checkpoint
 from napari_medkd.train.engine import RunExistsError, run_training
@@ -44,8 +44,9 @@ def test_run_folder_holds_config_events_metrics_and_atomic_checkpoints(tiny_vess
     assert events[-1]["status"] == "finished"
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["iter"] == 6
-    meta = json.loads(state["meta"])
-    assert meta["num_classes"] == 2 and meta["in_channels"] == 1  # green channel of RGB fundus
+    card = ModelCard.from_checkpoint(state["meta"])
+    assert card.num_classes == 2 and card.in_channels == 1  # green channel of RGB fundus
+    assert card.teacher == "" and card.method == "" and card.model_dims == 2
     assert len((run / "metrics.csv").read_text(encoding="utf-8").strip().splitlines()) == 3
 
 
@@ -103,8 +104,8 @@ def test_volumes_train_slice_wise_and_in_3d(tiny_msd, tmp_path, model):
     cfg.data.patch_size = 16
     res = run_training(cfg, tmp_path / "run")
     assert res["status"] == "finished"
-    meta = json.loads(load_checkpoint(tmp_path / "run" / "best.pt")["meta"])
-    assert meta["num_classes"] == 3 and meta["model_dims"] == (3 if model.endswith("3d_tiny") else 2)
+    card = ModelCard.from_checkpoint(load_checkpoint(tmp_path / "run" / "best.pt")["meta"])
+    assert card.num_classes == 3 and card.model_dims == (3 if model.endswith("3d_tiny") else 2)
 
 
 def test_no_budget_is_an_error(tiny_vessels, tmp_path):

@@ -71,16 +71,16 @@ def test_each_student_exports_single_checked_file_with_metadata(runs, tmp_path, 
     props = {p.key: p.value for p in proto.metadata_props}
     lm = load_run_model(run)
     assert set(onnx_export.METADATA_KEYS) <= set(props)
-    assert json.loads(props["class_names"]) == {str(k): v for k, v in lm.meta["class_names"].items()}
-    assert int(props["in_channels"]) == lm.meta["in_channels"] and int(props["num_classes"]) == lm.meta["num_classes"]
-    assert json.loads(props["preprocess"]) == lm.meta["preprocess"] and props["model_name"] == model
+    assert json.loads(props["class_names"]) == {str(k): v for k, v in lm.card.class_names.items()}
+    assert int(props["in_channels"]) == lm.card.in_channels and int(props["num_classes"]) == lm.card.num_classes
+    assert json.loads(props["preprocess"]) == lm.card.preprocess and props["model_name"] == model
     assert int(props["size_divisor"]) == lm.model.size_divisor and props["source_run"] == str(run)
 
     # dynamic batch and spatial sizes: two shapes, both equal to torch
-    sess, div, dims = _ort(out), lm.model.size_divisor, lm.meta["model_dims"]
+    sess, div, dims = _ort(out), lm.model.size_divisor, lm.card.model_dims
     torch.manual_seed(1)
-    for shape in ((1, lm.meta["in_channels"]) + (div * 2,) * dims,
-                  (3, lm.meta["in_channels"]) + tuple(div * k for k in (1, 3, 5)[-dims:])):
+    for shape in ((1, lm.card.in_channels) + (div * 2,) * dims,
+                  (3, lm.card.in_channels) + tuple(div * k for k in (1, 3, 5)[-dims:])):
         x = torch.randn(shape)
         with torch.no_grad():
             ref = lm.model(x).numpy()
@@ -120,13 +120,13 @@ def test_existing_file_is_kept_unless_overwrite(runs, tmp_path):
         export_onnx(runs("unet_tiny"), out, exporter="torchscript")
     assert out.read_bytes() == b"precious"
     rep = export_onnx(runs("unet_tiny"), out, exporter="torchscript", overwrite=True, sample_images=[
-        next((Path(load_run_model(runs("unet_tiny")).meta["data_root"]) / "test" / "images").iterdir())])
+        next((Path(load_run_model(runs("unet_tiny")).card.data_root) / "test" / "images").iterdir())])
     assert rep.n_images == 1 and out.stat().st_size > 1000
 
 
 def test_missing_data_set_needs_sample_images(runs, tmp_path):
     lm = load_run_model(runs("unet_tiny"))
-    lm.meta["data_root"] = str(tmp_path / "gone")
+    lm.card.data_root = str(tmp_path / "gone")
     with pytest.raises(ExportCheckError, match="sample_images"):
         export_onnx(lm, tmp_path / "m.onnx", exporter="torchscript")
     assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,7 @@
 """onnxruntime inference: volumes (resampled and 3D), PNG folders and DICOM series give masks with the
 source geometry equal to the torch path; live slices match whole-volume results; bad files and
 inputs give clear errors; nothing is overwritten unless asked."""
-import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -168,11 +168,10 @@ def test_three_channel_model_refuses_a_grey_image(png2d, tmp_path):
     from napari_medkd.models import build_model
 
     base = load_run_model(png2d.parent / "run")
-    meta = copy.deepcopy(base.meta)
-    meta["in_channels"] = 3
-    meta["preprocess"]["modality"] = "MR"  # e.g. a 3-sequence MR model: a single grey image cannot feed it
+    # e.g. a 3-sequence MR model: a single grey image cannot feed it
+    card = dataclasses.replace(base.card, in_channels=3, preprocess={**base.card.preprocess, "modality": "MR"})
     torch.manual_seed(0)
-    lm = LoadedModel(build_model("unet_tiny", in_channels=3, num_classes=2).eval(), meta, base.checkpoint)
+    lm = LoadedModel(build_model("unet_tiny", in_channels=3, num_classes=2).eval(), card, base.checkpoint)
     seg = OrtSegmenter(export_onnx(lm, tmp_path / "rgb3.onnx", exporter="torchscript", check=False).path)
     grey = MedicalImage(np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32), (1, 1), (0, 0), (1, 0, 0, 1),
                         path="grey.png")

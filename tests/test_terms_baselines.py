@@ -1,11 +1,15 @@
-"""Baseline, EMKD and MSKD distillation terms: zero at agreement, monotone, gradients, hand values."""
+"""Every registered distillation term's contract (zero at agreement, monotone, gradients, finite on
+empty classes), plus hand values of the baseline, EMKD and MSKD terms.
+
+The contract cases come from ``TERMS.names()``: a new term file is tested with no edit here. Its
+construction parameters and promises come from the term class's ``CONTRACT`` (see ``DistillTerm``).
+"""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_medkd.distill.terms import attention, cwd, discriminator, emkd, ifvd, logit_kd, mskd, skd  # noqa: F401
 from napari_medkd.distill.terms._common import pool_nodes
 from napari_medkd.distill.terms.base import KDContext
 from napari_medkd.models.taps import TapInfo
@@ -15,28 +19,37 @@ K = 3
 FEATS = ("enc_low", "enc_high", "bottleneck", "dec_low")
 SMALL_D = {"conv_dim": 8}
 
-# (case id, registered name, params, channel-agnostic)
-CASES = [
-    ("logit_kd", "logit_kd", {}, False),
-    ("logit_kd_tau4", "logit_kd", {"tau": 4.0}, False),
-    ("emkd_pmd", "emkd_pmd", {}, False),
-    ("skd_pixel", "skd_pixel", {}, False),
-    ("cwd_logits", "cwd", {}, False),
-    ("cwd_feature", "cwd", {"taps": ("logits", "enc_high")}, False),
-    ("attention_transfer", "attention_transfer", {}, True),
-    ("emkd_imd", "emkd_imd", {}, True),
-    ("skd_pairwise", "skd_pairwise", {}, True),
-    ("ifvd", "ifvd", {}, True),
-    ("emkd_rad", "emkd_rad", {}, True),
-    ("mskd_ffd", "mskd_ffd", {}, True),
-    ("mskd_ffd_gt", "mskd_ffd", {"gate": "gt"}, True),
-    ("mskd_rgd", "mskd_rgd", {}, True),
-    ("mskd_rgd_class", "mskd_rgd", {"nodes": "class"}, True),
-    ("skd_holistic", "skd_holistic", SMALL_D, False),
-    ("gf_adversarial", "gf_adversarial", SMALL_D, False),
+# extra parameter variants of registered terms, on top of one default case per registered term
+VARIANTS = [
+    ("logit_kd_tau4", "logit_kd", {"tau": 4.0}),
+    ("cwd_feature", "cwd", {"taps": ("logits", "enc_high")}),
+    ("mskd_ffd_gt", "mskd_ffd", {"gate": "gt"}),
+    ("mskd_rgd_class", "mskd_rgd", {"nodes": "class"}),
 ]
-ADVERSARIAL = {"skd_holistic", "gf_adversarial"}
-AGNOSTIC = [c for c in CASES if c[3]]
+
+
+def _contract(name):
+    return dict(getattr(TERMS.get(name), "CONTRACT", {}) or {})
+
+
+def _cases():
+    """(case id, registered name, params, channel-agnostic) for every registered term and variant."""
+    out = []
+    for case, name, extra in [(n, n, {}) for n in TERMS.names()] + VARIANTS:
+        c = _contract(name)
+        marks = [pytest.mark.skip(reason=f"{name}: {c['skip']}")] if c.get("skip") else []
+        out.append(pytest.param(case, name, {**c.get("params", {}), **extra}, bool(c.get("channel_agnostic")),
+                                id=case, marks=marks))
+    return out
+
+
+def _adversarial(name):
+    return bool(TERMS.get(name).OWN_OPTIMIZER)
+
+
+CASES = _cases()
+ADVERSARIAL = {n for n in TERMS.names() if _adversarial(n)}
+AGNOSTIC = [c for c in CASES if c.values[3]]
 
 
 def infos(channels):
@@ -72,7 +85,7 @@ def perturbed(t, eps, seed=1):
     return {k: v + eps * torch.randn(v.shape, generator=g) for k, v in t.items()}
 
 
-@pytest.mark.parametrize("case,name,params,_", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,name,params,_", CASES)
 def test_zero_when_student_equals_teacher(case, name, params, _):
     torch.manual_seed(0)
     term = build(name, params)
@@ -81,7 +94,7 @@ def test_zero_when_student_equals_teacher(case, name, params, _):
     assert abs(float(term(ctx(s, t, labels())))) < 1e-6
 
 
-@pytest.mark.parametrize("case,name,params,_", AGNOSTIC, ids=[c[0] for c in AGNOSTIC])
+@pytest.mark.parametrize("case,name,params,_", AGNOSTIC)
 def test_channel_agnostic_zero_for_same_structure(case, name, params, _):
     """Teacher = the student's tap with every channel twice, bilinearly upsampled 16 -> 32."""
     term = build(name, params, t_ch=48, s_ch=24)
@@ -91,8 +104,7 @@ def test_channel_agnostic_zero_for_same_structure(case, name, params, _):
     assert abs(float(term(ctx(s, t, labels())))) < 1e-5
 
 
-@pytest.mark.parametrize("case,name,params,_", [c for c in CASES if c[1] not in ADVERSARIAL],
-                         ids=[c[0] for c in CASES if c[1] not in ADVERSARIAL])
+@pytest.mark.parametrize("case,name,params,_", [c for c in CASES if c.values[1] not in ADVERSARIAL])
 def test_grows_with_perturbation(case, name, params, _):
     term = build(name, params)
     t = teacher_taps()
@@ -101,7 +113,7 @@ def test_grows_with_perturbation(case, name, params, _):
     assert all(b > a for a, b in zip(values, values[1:])), values
 
 
-@pytest.mark.parametrize("case,name,params,agnostic", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,name,params,agnostic", CASES)
 def test_gradients_reach_student_never_teacher(case, name, params, agnostic):
     torch.manual_seed(0)
     s_ch, s_size = (24, 8) if agnostic else (16, 16)
@@ -121,7 +133,7 @@ def test_gradients_reach_student_never_teacher(case, name, params, agnostic):
             assert p.grad is not None and torch.isfinite(p.grad).all()
 
 
-@pytest.mark.parametrize("case,name,params,_", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,name,params,_", CASES)
 def test_empty_classes_and_unlabelled_samples_are_finite(case, name, params, _):
     term = build(name, params)
     t = teacher_taps()
@@ -263,10 +275,16 @@ def test_mskd_hand_values():
 
 # -- structure -----------------------------------------------------------------------------------
 def test_registry_metadata_and_taps():
-    for _, name, _, _ in CASES:
+    for name in TERMS.names():
         meta = TERMS.meta(name)
         assert meta["paper"] and meta["section"].startswith("§") and isinstance(meta["defaults"], dict)
-        assert build(name, {} if name not in ADVERSARIAL else SMALL_D).TAPS
+        assert TERMS.get(name).TAPS
+        assert set(_contract(name)) <= {"params", "channel_agnostic", "skip"}, name
+        if not _contract(name).get("skip"):
+            assert build(name, _contract(name).get("params", {})).TAPS
+    assert {v[1] for v in VARIANTS} <= set(TERMS.names())
+    assert {"logit_kd", "cwd", "ifvd", "mskd_rgd", "skd_holistic", "graph_flow"} <= set(TERMS.names())
+    assert {"skd_holistic", "gf_adversarial"} <= ADVERSARIAL and "logit_kd" not in ADVERSARIAL
     assert TERMS.meta("emkd_pmd")["defaults"]["tau"] == 4.0
     assert TERMS.meta("mskd_ffd")["defaults"]["gamma"] == 0.6
     assert build("emkd_imd", {}).TAPS == ("enc_low", "enc_high") and build("emkd_imd", {}).p == 4.0

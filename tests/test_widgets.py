@@ -38,7 +38,6 @@ def runs(tiny_vessels, tmp_path_factory):
     """A tiny teacher (unet_tiny, 4 iterations) and a logit-KD student (3 iterations), in process."""
     import torch
 
-    from napari_medkd.distill.task import distill_task_factory
     from napari_medkd.train.engine import run_training
 
     torch.manual_seed(0)
@@ -46,7 +45,7 @@ def runs(tiny_vessels, tmp_path_factory):
     run_training(_cfg(tiny_vessels, "unet_tiny", 4), root / "teacher")
     cfg = _cfg(tiny_vessels, "unet_tiny", 3, 1)
     cfg.distill.teacher, cfg.distill.method = str(root / "teacher"), "logit_kd"
-    run_training(cfg, root / "student", task_factory=distill_task_factory(root / "teacher", "logit_kd", patch_size=64))
+    run_training(cfg, root / "student")
     return {"data": tiny_vessels, "teacher": root / "teacher", "student": root / "student"}
 
 
@@ -92,6 +91,16 @@ def test_distill_start_adds_prediction_layer(make_napari_viewer, qtbot, runs, tm
     viewer.layers.selection.active = image
     w.start()
     assert w.running and w.proc is not None
+    # the run is `medkd distill --config FILE --out RUN`, FILE holding the whole form
+    from napari_medkd._widgets._runs import requested_config_path
+    from napari_medkd.config import load_config
+
+    req = requested_config_path(tmp_path / "run")
+    assert w.proc.args[-5:] == ["distill", "--config", str(req), "--out", str(tmp_path / "run")]
+    cfg = load_config(req)
+    assert (cfg.distill.teacher, cfg.distill.method, cfg.model.name) == (str(runs["teacher"]), "logit_kd", "unet_tiny")
+    assert (cfg.data.root, cfg.data.patch_size) == (str(runs["data"]), 64)
+    assert (cfg.train.iterations, cfg.train.minutes, cfg.train.batch_size, cfg.train.device) == (4, None, 2, "cpu")
     qtbot.waitUntil(lambda: not w.running, timeout=90_000)
     assert not errors, errors
     assert [e["status"] for e in _events(tmp_path / "run") if e["event"] == "end"] == ["finished"]
@@ -132,6 +141,28 @@ def test_distill_cancel_then_resume(make_napari_viewer, qtbot, runs, tmp_path, e
     assert ends[-1]["status"] == "finished" and ends[-1]["iter"] == stopped_at + 3
     starts = [e for e in _events(run) if e["event"] == "start"]
     assert starts[-1]["resumed_at"] == stopped_at
+
+
+def test_distill_plan_with_a_teacher_first_writes_two_configs(make_napari_viewer, runs, tmp_path, errors):
+    from napari_medkd.config import load_config
+
+    viewer = make_napari_viewer()
+    w = _distill_widget(viewer, runs, tmp_path / "run", 10)
+    w.train_teacher.value, w.teacher_model.value = True, "unet"
+    w.budget_kind.value, w.budget.value, w.threads.value, w.val_every.value = "minutes", 1.5, 0, 7
+    teacher_step, student_step = w._plan()
+    assert not errors and not (tmp_path / "run").exists(), "planning never creates the run folders"
+    assert teacher_step["run_dir"] == tmp_path / "run_teacher" and teacher_step["cmd"][3:5] == ["train", "--config"]
+    t, s = load_config(teacher_step["config"]), load_config(student_step["config"])
+    assert t.model.name == "unet" and t.distill.teacher is None and t.distill.method is None
+    assert s.model.name == "unet_tiny" and s.distill.teacher == str(tmp_path / "run_teacher")
+    assert s.distill.method == "logit_kd"
+    for cfg in (t, s):
+        assert (cfg.train.minutes, cfg.train.iterations, cfg.train.threads, cfg.train.val_every) == (1.5, None, None, 7)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("train: [not, a, mapping]\n", encoding="utf-8")
+    w.resume()
+    assert not w.running and "cannot resume" in errors[-1] and "mapping" in errors[-1]
 
 
 def test_distill_bad_inputs_give_error_notifications(make_napari_viewer, runs, tmp_path, errors):
@@ -277,7 +308,6 @@ def gkd_runs(tiny_msd, tmp_path_factory):
     """On 3D volumes (2D models on slices): a teacher and a GKD student with a short ACT stage."""
     import torch
 
-    from napari_medkd.distill.task import distill_task_factory
     from napari_medkd.train.engine import run_training
 
     torch.manual_seed(0)
@@ -291,7 +321,7 @@ def gkd_runs(tiny_msd, tmp_path_factory):
     specs = [{"name": "gkd_dcgd", "weight": 1.0, "params": {"dim": 64}}]
     cfg.distill.teacher, cfg.distill.terms = str(root / "teacher"), specs
     cfg.distill.stage_iterations = {"msan": 2}
-    run_training(cfg, root / "student", task_factory=distill_task_factory(root / "teacher", None, specs, 32))
+    run_training(cfg, root / "student")
     return {"data": tiny_msd, "teacher": root / "teacher", "student": root / "student"}
 
 

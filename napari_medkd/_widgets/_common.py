@@ -243,33 +243,14 @@ def run_dir_default(prefix: str) -> Path:
 
 
 def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
-    """Write an image layer and its labels layer as a one-case Decathlon-layout data set (geometry kept)."""
-    import json
+    """Write an image layer and its labels layer as a one-case Decathlon-layout data set (geometry
+    kept): ``data.from_arrays.write_array_dataset`` of the layers' arrays; its errors as InputError."""
+    from ..data.from_arrays import ArrayDatasetError, write_array_dataset
 
-    from ..io.image_io import write_image, write_mask
-
-    shape, lab = spatial_shape(image_layer), np.asarray(labels_layer.data)
-    if lab.shape != tuple(shape):
-        raise InputError(f"image layer '{image_layer.name}' has shape {tuple(shape)} but labels layer "
-                         f"'{labels_layer.name}' has shape {lab.shape}; they must cover the same grid")
     img = image_from_layer(image_layer)
-    if not np.issubdtype(lab.dtype, np.integer) or lab.min() < 0:
-        raise InputError(f"labels layer '{labels_layer.name}' must hold non-negative integer labels")
-    if lab.max() == 0:
-        raise InputError(f"labels layer '{labels_layer.name}' is empty: paint some labels first")
-    ext = ".png" if img.is_rgb and img.array.dtype == np.uint8 else ".nii.gz"
-    case = "case_000"
-    write_image(img.array, folder / "imagesTr" / f"{case}{ext}", reference=img)
-    write_mask(lab, folder / "labelsTr" / f"{case}{ext}", reference=img)
-    if img.is_rgb:
-        modality = "RGB"
-    elif img.ndim_spatial == 3:
-        modality = "CT" if float(np.min(img.array)) <= -500 else "MR"
-    else:
-        modality = "grey"
-    names = {"0": "background", **{str(v): f"class {v}" for v in range(1, int(lab.max()) + 1)}}
-    (folder / "dataset.json").write_text(json.dumps({
-        "name": f"napari layers {image_layer.name} / {labels_layer.name}", "modality": {"0": modality},
-        "labels": names, "training": [{"image": f"./imagesTr/{case}{ext}", "label": f"./labelsTr/{case}{ext}"}],
-        "test": []}, indent=1), encoding="utf-8")
-    return folder
+    try:
+        return write_array_dataset(img.array, np.asarray(labels_layer.data), Path(folder), geometry=img.geometry(),
+                                   name=f"napari layers {image_layer.name} / {labels_layer.name}",
+                                   image_name=image_layer.name, labels_name=labels_layer.name)
+    except ArrayDatasetError as exc:
+        raise InputError(str(exc)) from exc

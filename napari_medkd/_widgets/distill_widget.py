@@ -1,7 +1,8 @@
 """Distil widget: train (teacher, then) student in a subprocess and follow its ``events.jsonl``.
 
-Every run is the CLI twin ``python -m napari_medkd distill|train ...`` in its own process (GPU
-memory is freed when it ends, a crash cannot take napari down). A ``thread_worker`` generator
+Every run is the CLI twin ``python -m napari_medkd distill|train --config FILE --out RUN`` in its
+own process (GPU memory is freed when it ends, a crash cannot take napari down); FILE is the form as
+a ``RunConfig``, written beside the run folder (``RUN.requested.yaml``). A ``thread_worker`` generator
 tails the run's ``events.jsonl`` and yields each event to the GUI thread (progress bar, live
 curves). Cancel writes the engine's ``STOP`` file and terminates the process if it is still alive a
 few seconds later; Resume runs ``--resume RUN_DIR``. A finished run adds the student's prediction on
@@ -9,61 +10,40 @@ the image layer as a Labels layer on the image's grid.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
+from ..config import ConfigError, RunConfig, load_config
 from ._plots import CurvePlot
+from ._runs import cli_command, config_step, tail_events
 
 SOURCES = ("data set folder", "open layers")
-
-
-def tail_events(proc: subprocess.Popen, events_path: Path, poll: float = 0.1) -> Iterator[Dict[str, Any]]:
-    """Yield each complete JSON line appended to ``events_path`` until ``proc`` exits; return its code."""
-    offset, buf = 0, b""
-    while True:
-        done = proc.poll() is not None
-        if events_path.exists():
-            with open(events_path, "rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-            offset += len(chunk)
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-        if done:
-            return proc.returncode
-        time.sleep(poll)
-
-
-def cli_command(*args: str) -> List[str]:
-    return [sys.executable, "-m", "napari_medkd", *[str(a) for a in args]]
 
 
 class DistillWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
+        self.viewer = napari_viewer
+        self._build_form(napari_viewer)
+        self._build_layout()
+        self._init_state()
+
+    def _build_form(self, viewer) -> None:
         from napari.layers import Image, Labels
 
-        self.viewer = napari_viewer
         self.source = ComboBox(label="training data", choices=SOURCES, value=SOURCES[0])
         self.data_dir = FileEdit(label="data set folder", mode="d")
-        self.image_layer = C.layer_combo(napari_viewer, Image, "image layer", tooltip_key="source")
-        self.labels_layer = C.layer_combo(napari_viewer, Labels, "labels layer", tooltip_key="source")
+        self.image_layer = C.layer_combo(viewer, Image, "image layer", tooltip_key="source")
+        self.labels_layer = C.layer_combo(viewer, Labels, "labels layer", tooltip_key="source")
         self.teacher_dir = FileEdit(label="teacher run", mode="d")
         self.train_teacher = CheckBox(text="train a teacher first", value=False)
         self.teacher_model = ComboBox(label="teacher model", choices=C.model_names("teacher"))
@@ -87,6 +67,8 @@ class DistillWidget(QWidget):
                         "student": self.student, "method": self.method, "budget_kind": self.budget_kind,
                         "device": self.device, "out_dir": self.out_dir, "patch_size": self.patch_size,
                         "batch_size": self.batch_size, "threads": self.threads, "val_every": self.val_every})
+
+    def _build_layout(self) -> None:
         self.start_btn, self.cancel_btn, self.resume_btn = (QPushButton(t) for t in ("Start", "Cancel", "Resume"))
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -110,6 +92,7 @@ class DistillWidget(QWidget):
         self.train_teacher.changed.connect(self._sync_visibility)
         self._sync_visibility()
 
+    def _init_state(self) -> None:
         self.proc: Optional[subprocess.Popen] = None
         self.worker = None
         self.run_dir: Optional[Path] = None
@@ -159,9 +142,21 @@ class DistillWidget(QWidget):
         threads = ["--threads", str(self.threads.value)] if self.threads.value else []
         return ["--device", self.device.value, *threads]
 
-    def _common_args(self) -> List[str]:
-        return [*self._budget_args(), *self._device_args(), "--patch-size", str(self.patch_size.value),
-                "--batch-size", str(self.batch_size.value), "--val-every", str(self.val_every.value)]
+    def run_config(self, data: Path, model: str, teacher: Optional[Path] = None) -> RunConfig:
+        """The RunConfig of one run from the form: data, model, budget, device; ``teacher`` (and the
+        form's method) for a distillation run."""
+        cfg = RunConfig()
+        cfg.data.root, cfg.data.patch_size, cfg.model.name = str(data), int(self.patch_size.value), model
+        tc = cfg.train
+        if self.budget_kind.value == "iterations":
+            tc.iterations = max(1, int(round(self.budget.value)))
+        else:
+            tc.minutes = float(self.budget.value)
+        tc.batch_size, tc.val_every = int(self.batch_size.value), int(self.val_every.value)
+        tc.device, tc.threads = self.device.value, (int(self.threads.value) or None)
+        if teacher is not None:
+            cfg.distill.teacher, cfg.distill.method = str(teacher), self.method.value
+        return cfg
 
     def _data_root(self, out: Path) -> Path:
         if self.source.value == SOURCES[1]:
@@ -195,12 +190,8 @@ class DistillWidget(QWidget):
             teacher = C.check_run_folder(self.teacher_dir.value, "teacher")
         data = self._data_root(out)
         if self.train_teacher.value:
-            steps.append({"name": "teacher", "run_dir": teacher, "cmd": cli_command(
-                "train", "--data", data, "--model", self.teacher_model.value, "--out", teacher,
-                *self._common_args())})
-        steps.append({"name": "student", "run_dir": out, "cmd": cli_command(
-            "distill", "--data", data, "--teacher", teacher, "--student", self.student.value,
-            "--method", self.method.value, "--out", out, *self._common_args())})
+            steps.append(config_step("teacher", "train", teacher, self.run_config(data, self.teacher_model.value)))
+        steps.append(config_step("student", "distill", out, self.run_config(data, self.student.value, teacher)))
         return steps
 
     # -- actions ------------------------------------------------------------------------------
@@ -223,10 +214,12 @@ class DistillWidget(QWidget):
         if not cfg.is_file():
             C.show_error(f"cannot resume: {run} is not a run folder (no config.yaml)")
             return
-        import yaml
-
-        saved = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-        kind = "distill" if (saved.get("distill") or {}).get("teacher") else "train"
+        try:
+            saved = load_config(cfg)
+        except ConfigError as exc:
+            C.show_error(f"cannot resume: {exc}")
+            return
+        kind = "distill" if saved.distill.teacher else "train"
         self._begin([{"name": "student" if kind == "distill" else "teacher", "run_dir": run,
                       "cmd": cli_command(kind, "--resume", run, *self._budget_args(), *self._device_args())}])
 

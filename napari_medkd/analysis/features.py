@@ -51,11 +51,11 @@ def model_input(lm, img) -> ModelInput:
     from ..data.prepare import PreprocessConfig
     from ..data.prepare import prepare_image
 
-    pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
+    pcfg = PreprocessConfig.from_dict(lm.card.preprocess)
     x, _work = prepare_image(img, pcfg)
-    if x.shape[0] != lm.meta["in_channels"]:
-        raise ValueError(f"the model takes {lm.meta['in_channels']} channel(s) but this image gives {x.shape[0]}")
-    dims = int(lm.meta.get("model_dims", getattr(lm.model, "spatial_dims", 2)))
+    if x.shape[0] != lm.card.in_channels:
+        raise ValueError(f"the model takes {lm.card.in_channels} channel(s) but this image gives {x.shape[0]}")
+    dims = int(lm.card.model_dims or getattr(lm.model, "spatial_dims", 2))
     if dims == 3 and x.ndim == 3:
         raise ValueError("a 3D model cannot run on a 2D image")
     axis = int(pcfg.slice_axis) if (dims == 2 and x.ndim == 4) else -1

@@ -120,7 +120,7 @@ def domain_fsd(run, header, source_images: Sequence, target_images: Sequence, ti
     from ..data.prepare import prepare_image
 
     lm = load_run_model(run, device="cpu")
-    pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
+    pcfg = PreprocessConfig.from_dict(lm.card.preprocess)
     sets = []
     for paths in (source_images, target_images):
         arr = np.concatenate([tiles(prepare_image(read_image(p), pcfg)[0], tile) for p in paths])

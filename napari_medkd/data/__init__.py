@@ -1,7 +1,7 @@
 """Data sets on disk, their validation, preprocessing, patch sampling and augmentation.
 
-Submodules: ``datasets`` (find cases), ``validate`` (check a set), ``preprocess`` (normalise, resample,
-pad), ``slices`` (2D slices, patches), ``augment``, ``phantoms`` (synthetic images). The names below
+Submodules: ``datasets`` (find cases), ``validate`` (check a set), ``prepare`` (normalise, resample,
+pad, read a case, split, and the inverse: labels back to the source grid), ``slices`` (2D slices, patches), ``augment``, ``phantoms`` (synthetic images). The names below
 are imported lazily so ``import napari_medkd.data`` stays light.
 """
 from __future__ import annotations
@@ -11,8 +11,9 @@ import importlib
 _EXPORTS = {
     "Case": "datasets", "DatasetSpec": "datasets", "load_dataset": "datasets", "load_label": "datasets",
     "ValidationReport": "validate", "Problem": "validate", "validate_dataset": "validate",
-    "PreprocessConfig": "preprocess", "preprocess_image": "preprocess", "normalize_intensity": "preprocess",
-    "resample_to_spacing": "preprocess", "pad_to_multiple": "preprocess", "crop_back": "preprocess",
+    "PreprocessConfig": "prepare", "preprocess_image": "prepare", "normalize_intensity": "prepare",
+    "resample_to_spacing": "prepare", "pad_to_multiple": "prepare", "crop_back": "prepare",
+    "prepare_image": "prepare", "prepare_case": "prepare", "labels_to_source_grid": "prepare",
     "volume_to_slices": "slices", "slices_to_volume": "slices", "sample_patch": "slices",
 }  # ``augment`` is both a submodule and its function: import it from ``napari_medkd.data.augment``
 

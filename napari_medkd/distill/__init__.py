@@ -2,5 +2,8 @@
 
 
 def load_all() -> None:
-    """Import every term and method module so the registries are filled."""
-    from . import methods, terms  # noqa: F401
+    """Fill the term and method registries now (they also fill themselves on first use)."""
+    from ..registry import METHODS, TERMS
+
+    TERMS.load()
+    METHODS.load()

@@ -1,8 +1,8 @@
 """The distillation task: a frozen teacher, a student and a weighted set of distillation terms.
 
-Plugged into the generic engine (``run_training(..., task_factory=distill_task_factory(...))``):
-each iteration runs the teacher (eval, no gradients) and the student with forward hooks on the
-taps the terms need, adds the weighted terms to the student's segmentation loss (labelled samples
+Built by the generic engine (``run_training(cfg)`` calls ``build_distill_task``) when ``cfg.distill``
+names a teacher: each iteration runs the teacher (eval, no gradients) and the student with forward
+hooks on the taps the terms need, adds the weighted terms to the student's segmentation loss (labelled samples
 only) and logs every term. Terms with trainable parts join the optimiser; adversarial terms get
 their own optimiser; terms with a pre-training stage run it first and keep it in
 ``RUN_DIR/stages/`` so a resumed run reuses it.
@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..card import ModelCard
 from ..models.taps import FeatureTaps
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.tasks import SupervisedTask
@@ -28,7 +29,7 @@ class DistillError(ValueError):
     pass
 
 
-def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, ModelCard]:
     from ..train.run_model import load_run_model
 
     lm = load_run_model(run, device=device)
@@ -36,15 +37,15 @@ def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, Dict[str, An
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher, lm.meta
+    return teacher, lm.card
 
 
-def check_compatible(teacher_meta: Dict[str, Any], num_classes: int, in_channels: int, preprocess: Dict) -> None:
-    if teacher_meta["num_classes"] != num_classes:
-        raise DistillError(f"the teacher predicts {teacher_meta['num_classes']} classes but the data set has "
+def check_compatible(teacher: ModelCard, num_classes: int, in_channels: int, preprocess: Dict) -> None:
+    if teacher.num_classes != num_classes:
+        raise DistillError(f"the teacher predicts {teacher.num_classes} classes but the data set has "
                            f"{num_classes}")
-    if teacher_meta["in_channels"] != in_channels:
-        raise DistillError(f"the teacher takes {teacher_meta['in_channels']} input channel(s) but the data gives "
+    if teacher.in_channels != in_channels:
+        raise DistillError(f"the teacher takes {teacher.in_channels} input channel(s) but the data gives "
                            f"{in_channels}; use the teacher's preprocessing (rgb_mode)")
 
 
@@ -211,26 +212,51 @@ class DistillTask(SupervisedTask):
                 o.load_state_dict(state["disc_opts"][k])
 
 
-def distill_task_factory(teacher_run: str | Path, method: Optional[str] = None,
-                         term_specs: Optional[List[Dict[str, Any]]] = None, patch_size: int = 64):
-    """Return the ``task_factory`` the engine calls with the freshly built student."""
+def _spec_taps(name: str, params: Dict[str, Any]) -> Tuple[str, ...]:
+    """The taps a term with these parameters reads (its ``taps``/``tap`` parameter, else its class's)."""
+    from ..registry import TERMS
+
+    if params.get("taps"):
+        return tuple(params["taps"])
+    if params.get("tap"):
+        return (params["tap"],)
+    return tuple(getattr(TERMS.get(name), "TAPS", ("logits",)))
+
+
+def needs_only_outputs(method: Optional[str] = None, terms: Optional[List[Dict[str, Any]]] = None) -> bool:
+    """True when the terms of ``terms`` (a ``distill.terms`` list) or else of the preset ``method`` read
+    the teacher's outputs (logits) alone, so its outputs can be cached once per image
+    (``distill.cache_teacher``); False for a method without terms."""
+    from . import load_all
+    from ..registry import METHODS
+
+    load_all()
+    if terms:
+        pairs = [(t["name"], dict(t.get("params") or {})) for t in terms]
+    else:
+        pairs = [(name, dict(params or {})) for name, _, params in METHODS.meta(method or "none").get("terms", [])]
+    return bool(pairs) and all(set(_spec_taps(n, p)) <= {"logits"} for n, p in pairs)
+
+
+def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=None) -> DistillTask:
+    """The distillation task ``cfg.distill`` describes (teacher run, method preset or ``terms``, stage
+    lengths, teacher cache) for the freshly built ``student``; the engine calls it."""
     from ..models.factory import tap_info
     from ..registry import METHODS
 
-    def factory(student, num_classes, cfg=None, device=None, run_dir=None, **_):
-        teacher, meta = load_teacher(teacher_run, device or "cpu")
-        in_ch = student.in_channels
-        check_compatible(meta, num_classes, in_ch, {})
-        size = max(32, patch_size)
-        t_info = tap_info(teacher, in_ch, size=size)
-        s_info = tap_info(student, in_ch, size=size)
-        dims = getattr(student, "spatial_dims", 2)
-        if term_specs:
-            terms = build_terms([TermSpec(**s) for s in term_specs], t_info, s_info, num_classes, dims)
-        else:
-            terms = METHODS.get(method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
-        return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
-                           stage_iterations=cfg.distill.stage_iterations if cfg else None,
-                           cache_teacher=bool(cfg.distill.cache_teacher) if cfg else False)
-
-    return factory
+    dc = cfg.distill
+    if not dc.teacher:
+        raise DistillError("distillation needs distill.teacher (a teacher run folder)")
+    teacher, t_card = load_teacher(dc.teacher, device or "cpu")
+    in_ch = student.in_channels
+    check_compatible(t_card, num_classes, in_ch, {})
+    size = max(32, cfg.data.patch_size)
+    t_info = tap_info(teacher, in_ch, size=size)
+    s_info = tap_info(student, in_ch, size=size)
+    dims = getattr(student, "spatial_dims", 2)
+    if dc.terms:
+        terms = build_terms([TermSpec(**s) for s in dc.terms], t_info, s_info, num_classes, dims)
+    else:
+        terms = METHODS.get(dc.method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
+    return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
+                       stage_iterations=dc.stage_iterations, cache_teacher=bool(dc.cache_teacher))

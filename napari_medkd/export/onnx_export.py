@@ -1,6 +1,7 @@
 """Export a trained student to ONE self-contained ``.onnx`` file, checked against torch before it is kept.
 
-The file carries what inference needs in its ``metadata_props`` (see :data:`METADATA_KEYS`), so
+The file carries what inference needs in its ``metadata_props``: the run's :class:`~napari_medkd.card.ModelCard`
+(``card.to_onnx_props()``, keys :data:`METADATA_KEYS`), so
 ``napari_medkd.inference.ort_infer.OrtSegmenter`` rebuilds the training preprocessing
 (``PreprocessConfig`` + ``train.data.prepare_image``) from the file alone.
 
@@ -11,8 +12,8 @@ largest logit difference exceeds ``atol`` or the argmax masks agree on less than
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
-import json
 import logging
 import time
 import warnings
@@ -22,10 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..card import ONNX_KEYS, ModelCard
 from ..io.atomic import atomic_path
 
-METADATA_KEYS = ("medkd_version", "model_name", "class_names", "in_channels", "num_classes", "model_dims",
-                 "preprocess", "spacing", "size_divisor", "source_run", "data_root", "exporter")
+METADATA_KEYS = ONNX_KEYS
 EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
@@ -91,25 +92,25 @@ def _to_sample(name: str, image: np.ndarray, label: Optional[np.ndarray], model_
     return Sample(name, x, pad, label)
 
 
-def sample_inputs(meta: Dict[str, Any], size_divisor: int, sample_images: Optional[Sequence] = None,
+def sample_inputs(card: ModelCard, size_divisor: int, sample_images: Optional[Sequence] = None,
                   n: int = 3, splits: Sequence[str] = ("test", "train")) -> List[Sample]:
     """Real preprocessed inputs: ``sample_images`` (paths; no labels), or up to ``n`` cases of
-    ``meta["data_root"]`` from the first of ``splits`` that has any, with their labels.
+    ``card.data_root`` from the first of ``splits`` that has any, with their labels.
     Volumes give a few slices for 2D models."""
     from ..data.datasets import load_dataset
     from ..data.prepare import PreprocessConfig
     from ..io.image_io import read_image
     from ..data.prepare import prepare_case, prepare_image
 
-    pcfg = PreprocessConfig.from_dict(meta["preprocess"])
-    dims = int(meta.get("model_dims", 2))
+    pcfg = PreprocessConfig.from_dict(card.preprocess)
+    dims = int(card.model_dims or 2)
     out: List[Sample] = []
     if sample_images:
         for p in sample_images:
             image, _ = prepare_image(read_image(p), pcfg)
             out.append(_to_sample(str(p), image, None, dims, size_divisor, pcfg.slice_axis))
         return out
-    root = meta.get("data_root")
+    root = card.data_root
     if not root or not Path(root).exists():
         raise ExportCheckError(f"no sample images: the run's data set {root!r} is not available; "
                                "pass sample_images=[...] (real images) for the parity check")
@@ -172,19 +173,6 @@ def _export_torchscript(model, x, dims: int, path: str, opset: int) -> None:
                           output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
 
 
-def export_metadata(meta: Dict[str, Any], size_divisor: int, source: str, exporter: str) -> Dict[str, str]:
-    from .. import __version__
-
-    return {
-        "medkd_version": __version__, "model_name": str(meta["model_name"]),
-        "class_names": json.dumps({str(k): v for k, v in meta["class_names"].items()}),
-        "in_channels": str(int(meta["in_channels"])), "num_classes": str(int(meta["num_classes"])),
-        "model_dims": str(int(meta.get("model_dims", 2))), "preprocess": json.dumps(meta["preprocess"]),
-        "spacing": json.dumps(meta.get("spacing")), "size_divisor": str(int(size_divisor)),
-        "source_run": source, "data_root": str(meta.get("data_root") or ""), "exporter": exporter,
-    }
-
-
 def parity(model, onnx_path: str, samples: Sequence[Sample]) -> Tuple[float, float]:
     """(largest |torch - onnxruntime| logit, fraction of equal argmax voxels) over ``samples``."""
     import onnxruntime as ort
@@ -213,6 +201,7 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
     """Export the run's model (``load_run_model``) to ``out_path`` (a single ``.onnx`` file)."""
     import onnx
 
+    from .. import __version__
     from ..train.run_model import LoadedModel, load_run_model
 
     t0 = time.perf_counter()
@@ -224,13 +213,13 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     lm = run_dir_or_loaded if isinstance(run_dir_or_loaded, LoadedModel) else load_run_model(run_dir_or_loaded)
-    model, meta = lm.model, lm.meta
+    model, card = lm.model, lm.card
     was_training = model.training
     model.eval()
     try:
         with atomic_path(out, overwrite=overwrite) as tmp:
-            x, div, dims = _example(model, int(meta["in_channels"]))
-            samples = sample_inputs(meta, div, sample_images) if check else []
+            x, div, dims = _example(model, int(card.in_channels))
+            samples = sample_inputs(card, div, sample_images) if check else []
             errors = []
             used = None
             for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
@@ -244,10 +233,11 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
                 except Exception as exc:  # noqa: BLE001 - fall back, report both if all fail
                     errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
             if used is None:
-                raise ExportCheckError(f"could not export {meta['model_name']} to ONNX: " + "; ".join(errors))
+                raise ExportCheckError(f"could not export {card.model_name} to ONNX: " + "; ".join(errors))
             proto = onnx.load(tmp)
             props = {p.key: p.value for p in proto.metadata_props}
-            props.update(export_metadata(meta, div, str(lm.checkpoint.parent), used))
+            props.update(dataclasses.replace(card, size_divisor=div, source_run=str(lm.checkpoint.parent),
+                                             exporter=used, medkd_version=__version__).to_onnx_props())
             onnx.helper.set_model_props(proto, props)
             onnx.save_model(proto, tmp, save_as_external_data=False)
             try:

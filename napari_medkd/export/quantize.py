@@ -8,6 +8,7 @@ There is no accuracy threshold (it is reported); a file onnxruntime cannot load 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -20,6 +21,9 @@ import numpy as np
 from ..io.atomic import atomic_path
 
 from .onnx_export import Sample, sample_inputs
+
+
+QUANTIZATION = "int8 static QDQ, per-channel weights, MinMax calibration"   # the card's ``quantization``
 
 
 class QuantizeError(RuntimeError):
@@ -73,6 +77,32 @@ def _mean_dice(preds: List[np.ndarray], truths: List[np.ndarray], k: int) -> flo
     return float(np.mean([dice_per_class(p, t, k).mean() for p, t in zip(preds, truths)]))
 
 
+def _quantize_static(model_in: str, tmp: str, reader: _Reader) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    root_log = logging.getLogger()
+    level = root_log.level
+    root_log.setLevel(logging.ERROR)  # the quantiser warns on the root logger about 1-D (norm) weights
+    try:
+        quantize_static(model_in, tmp, reader, quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"])
+    finally:
+        root_log.setLevel(level)
+
+
+def _copy_props(src: Path, tmp: str, card) -> None:
+    """Give the quantised file ``tmp`` the source file's properties and its card, marked as quantised."""
+    import onnx
+
+    proto = onnx.load(tmp)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
+    props.update(dataclasses.replace(card, quantization=QUANTIZATION).to_onnx_props())
+    onnx.helper.set_model_props(proto, props)
+    onnx.save_model(proto, tmp, save_as_external_data=False)
+
+
 def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = None, overwrite: bool = False,
                   n_calibration: int = 8, eval_images: Optional[Sequence] = None) -> QuantReport:
     """Write a static int8 QDQ copy of ``onnx_path`` to ``out_path`` and compare it with the fp32 model.
@@ -80,9 +110,7 @@ def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = 
     Calibration: ``calibration_images`` (paths) or up to ``n_calibration`` training images of the data set
     named in the file's metadata; evaluation: ``eval_images`` or up to 3 test images (with labels).
     """
-    import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..inference.ort_infer import OrtSegmenter
@@ -94,9 +122,9 @@ def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = 
     if out.resolve() == src.resolve():
         raise ValueError(f"{out}: the quantised copy must not replace its source")
     fp32 = OrtSegmenter(src, providers=["CPUExecutionProvider"])
-    meta, div = fp32.meta, fp32.size_divisor
-    calib = sample_inputs(meta, div, calibration_images, n=n_calibration, splits=("train", "test"))
-    evals = sample_inputs(meta, div, eval_images, n=3, splits=("test", "train")) if (
+    card, div = fp32.card, fp32.size_divisor
+    calib = sample_inputs(card, div, calibration_images, n=n_calibration, splits=("train", "test"))
+    evals = sample_inputs(card, div, eval_images, n=3, splits=("test", "train")) if (
         eval_images or not calibration_images) else calib
     with atomic_path(out, overwrite=overwrite) as tmp:
         pre = tmp + ".pre.onnx"
@@ -106,21 +134,8 @@ def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = 
                 model_in = pre
             except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
                 model_in = str(src)
-            root_log = logging.getLogger()
-            level = root_log.level
-            root_log.setLevel(logging.ERROR)  # the quantiser warns on the root logger about 1-D (norm) weights
-            try:
-                quantize_static(model_in, tmp, _Reader(fp32.input_name, calib), quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"])
-            finally:
-                root_log.setLevel(level)
-            proto = onnx.load(tmp)
-            props = {p.key: p.value for p in proto.metadata_props}
-            props.update({p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props})
-            props["quantization"] = "int8 static QDQ, per-channel weights, MinMax calibration"
-            onnx.helper.set_model_props(proto, props)
-            onnx.save_model(proto, tmp, save_as_external_data=False)
+            _quantize_static(model_in, tmp, _Reader(fp32.input_name, calib))
+            _copy_props(src, tmp, card)
             try:
                 q = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
             except Exception as exc:  # noqa: BLE001

@@ -7,7 +7,6 @@ overlap and Gaussian blending; volumes slice by slice in batches. 3D models: 3D 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..card import ModelCard
 from ..data.prepare import PreprocessConfig, labels_to_source_grid, resample_to_spacing
 from ..io.image import MedicalImage
 
@@ -133,16 +133,8 @@ class OrtSegmenter:
             raise OnnxModelError(f"{self.path} is an ONNX model but has no napari-medkd metadata (class names, "
                                  "preprocessing); export it with `medkd export` / napari_medkd.export.export_onnx")
         try:
-            self.meta: Dict[str, Any] = {
-                "model_name": props.get("model_name", "?"),
-                "class_names": {int(k): v for k, v in json.loads(props["class_names"]).items()},
-                "in_channels": int(props["in_channels"]), "num_classes": int(props["num_classes"]),
-                "model_dims": int(props["model_dims"]), "preprocess": json.loads(props["preprocess"]),
-                "spacing": json.loads(props.get("spacing", "null")), "size_divisor": int(props["size_divisor"]),
-                "source_run": props.get("source_run", ""), "medkd_version": props["medkd_version"],
-                "exporter": props.get("exporter", ""), "data_root": props.get("data_root", ""),
-            }
-            self.pcfg = PreprocessConfig.from_dict(self.meta["preprocess"])
+            self.card = ModelCard.from_onnx_props(props)
+            self.pcfg = PreprocessConfig.from_dict(self.card.preprocess)
         except (KeyError, ValueError, TypeError) as exc:
             raise OnnxModelError(f"{self.path}: napari-medkd metadata is incomplete or damaged: {exc}") from exc
         inp = self.session.get_inputs()[0]
@@ -169,23 +161,23 @@ class OrtSegmenter:
     # -- metadata ---------------------------------------------------------------------------------
     @property
     def class_names(self) -> Dict[int, str]:
-        return self.meta["class_names"]
+        return self.card.class_names
 
     @property
     def in_channels(self) -> int:
-        return self.meta["in_channels"]
+        return self.card.in_channels
 
     @property
     def num_classes(self) -> int:
-        return self.meta["num_classes"]
+        return self.card.num_classes
 
     @property
     def model_dims(self) -> int:
-        return self.meta["model_dims"]
+        return self.card.model_dims
 
     @property
     def size_divisor(self) -> int:
-        return self.meta["size_divisor"]
+        return self.card.size_divisor
 
     @property
     def slice_axis(self) -> int:

@@ -59,10 +59,10 @@ def predict_image(lm: LoadedModel, img: MedicalImage, device=None) -> np.ndarray
     """Labels for one image in its own grid (resampled back if the model works at another spacing)."""
     from ..data.prepare import prepare_image
 
-    pcfg = PreprocessConfig.from_dict(lm.meta["preprocess"])
+    pcfg = PreprocessConfig.from_dict(lm.card.preprocess)
     image_cf, work = prepare_image(img, pcfg)
-    if image_cf.shape[0] != lm.meta["in_channels"]:
-        raise ValueError(f"{img.path or 'image'}: the model expects {lm.meta['in_channels']} channel(s) "
+    if image_cf.shape[0] != lm.card.in_channels:
+        raise ValueError(f"{img.path or 'image'}: the model expects {lm.card.in_channels} channel(s) "
                          f"but preprocessing gave {image_cf.shape[0]}")
     labels = predict_labels(lm.model, image_cf, device=device, slice_axis=pcfg.slice_axis)
     if work is not img:  # resampled: bring the mask back to the source grid

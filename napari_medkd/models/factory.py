@@ -13,14 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .taps import TapInfo
 
 
-def _ensure_registered() -> None:
-    from . import attention_unet, enet, erfnet, espnet, mobilenetv2_unet, unet, unet3d  # noqa: F401
-
-
 def build_model(name: str, in_channels: int = 1, num_classes: int = 2, **kw) -> SegModel:
     """Build the registered model ``name``; unknown names raise ``KeyError`` listing the known ones."""
-    _ensure_registered()
-    if name not in MODELS:
+    if name not in MODELS:  # the registry imports every module of this package on first use
         raise KeyError(f"unknown model '{name}'; known models: {', '.join(MODELS.names())}")
     if int(in_channels) < 1 or int(num_classes) < 1:
         raise ValueError(f"model '{name}': in_channels and num_classes must be >= 1, "

@@ -1,7 +1,7 @@
 """One training engine for teachers, students and distillation.
 
-``run_training(cfg, run_dir)`` trains the model named in ``cfg`` (or, with a task factory, a
-distilled student) and keeps in ``run_dir``:
+``run_training(cfg, run_dir)`` trains the model named in ``cfg`` (a distilled student when
+``cfg.distill`` names a teacher and a method or terms) and keeps in ``run_dir``:
 
 - ``config.yaml``   the resolved configuration
 - ``events.jsonl``  JSON-lines progress (read by the CLI, the GUI and the benchmarks)
@@ -12,6 +12,11 @@ A stop request (``should_stop()``, a ``STOP`` file in the run folder, SIGTERM or
 honoured within one iteration: the engine saves ``last.pt`` and ends with status ``stopped``;
 ``run_training(..., resume=True)`` continues from there. Budgets: iterations, epochs
 (``iters_per_epoch`` iterations each) or minutes of training time, whichever comes first.
+
+The phases, in order: agree on the run folder (``_agree_on_run_dir``), load the data
+(``_load_data``), build model, task and optimiser (``_build``), restore a resumed run
+(``_restore``), the loop (``_train_loop``, checkpoints in ``_checkpoint``/``_run_validation``)
+and the end (``_finish``).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from ..config import RunConfig, load_config, save_config
 from ..metrics.overlap import dice_per_class
 from .checkpoint import load_checkpoint, save_checkpoint
 from .sampler import PatchSampler
+from .card_build import model_card
 from ..data.prepare import load_spec, prepare_case, preprocess_config, split_train_val
 from .device import describe_device, resolve_device
 from .distributed import any_true, broadcast_object, cleanup, init_distributed
@@ -95,6 +101,22 @@ def validate(model, cases, device, slice_axis: int, num_classes: int) -> Dict[st
     return {"dice": {str(k + 1): float(v) for k, v in enumerate(mean)}, "dice_mean": float(np.nanmean(mean))}
 
 
+def build_task(model, num_classes: int, cfg: RunConfig, device, run_dir: Path):
+    """The task ``cfg`` asks for: distillation when ``cfg.distill`` names a teacher and a method (other
+    than ``none``) or terms, else the supervised task."""
+    from .tasks import SupervisedTask
+
+    dc = cfg.distill
+    distills = bool(dc.terms) or (dc.method or "none") != "none"
+    if distills and not dc.teacher:
+        raise ValueError(f"distill.method {dc.method!r} / distill.terms need distill.teacher (a teacher run folder)")
+    if dc.teacher and distills:
+        from ..distill.task import build_distill_task
+
+        return build_distill_task(model, num_classes, cfg=cfg, device=device, run_dir=run_dir)
+    return SupervisedTask(model, num_classes)
+
+
 def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     cfg_path = run_dir / "config.yaml"
     if resume:
@@ -113,21 +135,8 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     return cfg
 
 
-def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
-                 should_stop: Optional[Callable[[], bool]] = None,
-                 task_factory: Optional[Callable[..., Any]] = None,
-                 on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    import torch
-
-    from ..models.factory import build_model
-    from .tasks import SupervisedTask
-
-    run_dir = Path(run_dir)
-    if not resume:
-        budget_fraction(cfg.train, 0, 0.0)  # fails early without a budget
-    device = resolve_device(cfg.train.device)
-    dist_info = init_distributed(device)
-    # only the main process decides about the run folder; the others get its answer
+def _agree_on_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, dist_info) -> RunConfig:
+    """Only the main process decides about the run folder; the others get its answer."""
     prepared = None
     if dist_info.is_main:
         try:
@@ -138,7 +147,204 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     if isinstance(prepared, Exception):
         cleanup(dist_info)
         raise prepared
-    cfg = prepared
+    return prepared
+
+
+class _Run:
+    """What the phases of one training run share."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, device, dist_info, emit):
+        self.cfg, self.tc, self.run_dir, self.device, self.dist_info = cfg, cfg.train, run_dir, device, dist_info
+        self.main, self.emit = dist_info.is_main, emit
+        self.it, self.elapsed, self.best, self.last_val = 0, 0.0, -math.inf, -1
+        self.last_path = run_dir / "last.pt"
+
+
+class _Data:
+    def __init__(self, spec, pcfg, train_prep, val_prep, extra_cases):
+        self.spec, self.pcfg, self.train_prep, self.val_prep, self.extra_cases = \
+            spec, pcfg, train_prep, val_prep, extra_cases
+
+
+def _load_data(cfg: RunConfig, main: bool) -> _Data:
+    """Prepared training, validation (main process only) and unlabelled cases."""
+    tc = cfg.train
+    spec = load_spec(cfg.data)
+    pcfg = preprocess_config(cfg.data, spec)
+    train_cases, val_cases = split_train_val(spec.cases, cfg.data, tc.seed)
+    if not train_cases:
+        raise ValueError(f"{cfg.data.root}: no training cases")
+    train_prep = [prepare_case(c, pcfg) for c in train_cases]
+    val_prep = [prepare_case(c, pcfg) for c in val_cases] if main else []
+    extra_cases = []
+    if cfg.data.unlabelled_root:
+        from ..data.datasets import load_dataset
+
+        unl = load_dataset(cfg.data.unlabelled_root)
+        extra_cases = [prepare_case(c, pcfg) for c in unl.cases]
+        for c in extra_cases:
+            c.label = None
+    if cfg.data.labelled_fraction < 1.0:
+        keep = int(round(len(train_prep) * cfg.data.labelled_fraction))
+        order = np.random.default_rng(tc.seed + 1).permutation(len(train_prep))
+        for i in order[keep:]:
+            train_prep[i].label = None
+    return _Data(spec, pcfg, train_prep, val_prep, extra_cases)
+
+
+def _build(r: _Run, data: _Data) -> None:
+    """Model, task, optimiser, mixed precision, patch sampler and model card of the run."""
+    import torch
+
+    from ..models.factory import build_model
+
+    cfg, tc, device, dist_info = r.cfg, r.tc, r.device, r.dist_info
+    spec, pcfg, train_prep = data.spec, data.pcfg, data.train_prep
+    num_classes = max(spec.class_names) + 1
+    in_channels = int(train_prep[0].image.shape[0])
+    model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, **cfg.model.kwargs)
+    model_dims = getattr(model, "spatial_dims", 2)
+    task = build_task(model, num_classes, cfg, device, r.run_dir)
+    task.modules_to_device(device)
+    r.train_model = model
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        r.train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    r.opt = torch.optim.AdamW(task.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
+    r.use_amp = tc.amp and device.type == "cuda"
+    r.amp_dtype = torch.bfloat16 if r.use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    r.scaler = torch.amp.GradScaler("cuda", enabled=r.use_amp and r.amp_dtype == torch.float16)
+    r.sampler = PatchSampler(train_prep + data.extra_cases, model_dims, cfg.data.patch_size, cfg.data.fg_prob,
+                             cfg.data.slice_axis, cfg.data.augment, seed=tc.seed + 1000 * dist_info.rank)
+    card = model_card(cfg, spec.class_names, pcfg.to_dict(), in_channels, num_classes, model_dims,
+                      train_prep[0].reference.spacing, distilled=task.name == "distill")
+    r.model, r.task, r.num_classes, r.card, r.val_prep = model, task, num_classes, card, data.val_prep
+
+
+def _restore(r: _Run) -> None:
+    """Continue a resumed run from its ``last.pt`` (weights, optimiser, task, sampler, RNG)."""
+    import torch
+
+    if not r.last_path.exists():
+        return
+    state = load_checkpoint(r.last_path, map_location=r.device)
+    r.model.load_state_dict(state["model"])
+    r.opt.load_state_dict(state["optimizer"])
+    r.task.load_state_dict(state.get("task", {}))
+    r.it, r.elapsed = int(state["iter"]), float(state["elapsed"])
+    r.best = float(state.get("best_metric", -math.inf))
+    if "sampler" in state:
+        r.sampler.set_state(json.loads(state["sampler"]))
+    torch.set_rng_state(state["torch_rng"])
+
+
+def _checkpoint(r: _Run, path: Path, best_metric: float) -> None:
+    import torch
+
+    if not r.main:
+        return
+    save_checkpoint({
+        "model": r.model.state_dict(), "optimizer": r.opt.state_dict(), "task": r.task.state_dict(),
+        "iter": r.it, "elapsed": r.elapsed, "best_metric": best_metric, "meta": r.card.to_checkpoint(),
+        "sampler": json.dumps(r.sampler.get_state()), "torch_rng": torch.get_rng_state(),
+    }, path)
+
+
+def _run_validation(r: _Run) -> None:
+    """Validate (main process), log, keep ``last.pt`` and, on a better score, ``best.pt``."""
+    r.last_val = r.it
+    if not r.main:
+        return
+    res = validate(r.model, r.val_prep, r.device, r.cfg.data.slice_axis, r.num_classes) if r.val_prep else \
+        {"dice": {}, "dice_mean": math.nan}
+    r.emit("val", iter=r.it, **res)
+    _append_metrics(r.run_dir / "metrics.csv", r.it, r.elapsed, res)
+    score = res["dice_mean"] if math.isfinite(res["dice_mean"]) else -float(r.it)
+    _checkpoint(r, r.last_path, r.best)
+    if score > r.best or not (r.run_dir / "best.pt").exists():
+        r.best = max(r.best, score)
+        _checkpoint(r, r.run_dir / "best.pt", r.best)
+        r.emit("checkpoint", iter=r.it, kind="best", dice_mean=res["dice_mean"])
+
+
+def _step(r: _Run, frac: float) -> None:
+    """One optimiser step at budget fraction ``frac`` (poly learning-rate decay)."""
+    import torch
+
+    tc, t_it = r.tc, time.time()
+    lr = tc.lr * (1.0 - min(frac, 1.0)) ** 0.9
+    for g in r.opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    np_batch = r.sampler.sample(tc.batch_size)
+    batch = {k: torch.as_tensor(v, device=r.device) for k, v in np_batch.items()}
+    with torch.autocast(r.device.type, dtype=r.amp_dtype, enabled=r.use_amp):
+        loss, terms = r.task.compute(batch, r.train_model)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {float(loss)} at iteration {r.it}; terms {terms}")
+    r.opt.zero_grad(set_to_none=True)
+    r.scaler.scale(loss).backward()
+    r.scaler.step(r.opt)
+    r.scaler.update()
+    terms.update(r.task.after_step(batch))
+    r.it += 1
+    r.elapsed += time.time() - t_it
+    if r.main and (r.it % tc.log_every == 0 or r.it == 1):
+        r.emit("iter", iter=r.it, loss=float(loss.detach()), terms=terms, lr=lr, elapsed=round(r.elapsed, 3),
+               progress=min(1.0, budget_fraction(tc, r.it, r.elapsed)))
+
+
+def _train_loop(r: _Run, stop: _StopFlag) -> str:
+    """Steps until the budget is spent (``finished``) or a stop is requested (``stopped``)."""
+    r.model.train()
+    while True:
+        frac = budget_fraction(r.tc, r.it, r.elapsed)
+        if any_true(frac >= 1.0, r.dist_info, r.device):
+            return "finished"
+        if any_true(stop(), r.dist_info, r.device):
+            return "stopped"
+        _step(r, frac)
+        if r.it % r.tc.val_every == 0:
+            _run_validation(r)
+
+
+def _finish(r: _Run, status: str) -> Dict[str, Any]:
+    if status == "finished" and r.last_val != r.it:
+        _run_validation(r)
+    else:
+        _checkpoint(r, r.last_path, r.best)
+    best = r.best
+    r.emit("end", status=status, iter=r.it, elapsed=round(r.elapsed, 2), best_dice=best if best > -math.inf else None)
+    return {"status": status, "iterations": r.it, "elapsed": r.elapsed, "best_dice": best, "run_dir": str(r.run_dir)}
+
+
+def _train(r: _Run, stop: _StopFlag, resume: bool) -> Dict[str, Any]:
+    t0 = time.time()
+    data = _load_data(r.cfg, r.main)
+    _build(r, data)
+    if resume:
+        _restore(r)
+    r.emit("start", run_dir=str(r.run_dir), device=describe_device(r.device), model=r.cfg.model.name,
+           params=sum(p.numel() for p in r.model.parameters()), train_cases=len(data.train_prep),
+           val_cases=len(data.val_prep), unlabelled_cases=len(data.extra_cases), resumed_at=r.it if resume else None,
+           world_size=r.dist_info.world_size, load_seconds=round(time.time() - t0, 2),
+           budget={"iterations": total_iterations(r.tc), "minutes": r.tc.minutes}, task=r.task.name)
+    r.task.prepare({"emit": r.emit, "sampler": r.sampler, "device": r.device, "stop": stop, "cfg": r.cfg,
+                    "run_dir": r.run_dir, "is_main": r.main})
+    return _finish(r, _train_loop(r, stop))
+
+
+def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
+                 should_stop: Optional[Callable[[], bool]] = None,
+                 on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    import torch
+
+    run_dir = Path(run_dir)
+    if not resume:
+        budget_fraction(cfg.train, 0, 0.0)  # fails early without a budget
+    device = resolve_device(cfg.train.device)
+    dist_info = init_distributed(device)
+    cfg = _agree_on_run_dir(cfg, run_dir, resume, dist_info)
     tc = cfg.train
     budget_fraction(tc, 0, 0.0)
     if tc.threads:
@@ -161,135 +367,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     old_handlers = _install_signal_handlers(stop)
     failed = False
     try:
-        spec = load_spec(cfg.data)
-        pcfg = preprocess_config(cfg.data, spec)
-        train_cases, val_cases = split_train_val(spec.cases, cfg.data, tc.seed)
-        if not train_cases:
-            raise ValueError(f"{cfg.data.root}: no training cases")
-        t0 = time.time()
-        train_prep = [prepare_case(c, pcfg) for c in train_cases]
-        val_prep = [prepare_case(c, pcfg) for c in val_cases] if main else []
-        extra_cases = []
-        if cfg.data.unlabelled_root:
-            from ..data.datasets import load_dataset
-
-            unl = load_dataset(cfg.data.unlabelled_root)
-            extra_cases = [prepare_case(c, pcfg) for c in unl.cases]
-            for c in extra_cases:
-                c.label = None
-        if cfg.data.labelled_fraction < 1.0:
-            keep = int(round(len(train_prep) * cfg.data.labelled_fraction))
-            order = np.random.default_rng(tc.seed + 1).permutation(len(train_prep))
-            for i in order[keep:]:
-                train_prep[i].label = None
-        num_classes = max(spec.class_names) + 1
-        in_channels = int(train_prep[0].image.shape[0])
-        model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, **cfg.model.kwargs)
-        model_dims = getattr(model, "spatial_dims", 2)
-        task = (task_factory or (lambda m, k, **kw: SupervisedTask(m, k)))(
-            model, num_classes, cfg=cfg, device=device, run_dir=run_dir)
-        task.modules_to_device(device)
-        train_model = model
-        if dist_info.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        opt = torch.optim.AdamW(task.param_groups(), lr=tc.lr, weight_decay=tc.weight_decay)
-        use_amp = tc.amp and device.type == "cuda"
-        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        sampler = PatchSampler(train_prep + extra_cases, model_dims, cfg.data.patch_size, cfg.data.fg_prob,
-                               cfg.data.slice_axis, cfg.data.augment, seed=tc.seed + 1000 * dist_info.rank)
-        it, elapsed, best = 0, 0.0, -math.inf
-        meta = {
-            "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs, "in_channels": in_channels,
-            "num_classes": num_classes, "class_names": {int(k): v for k, v in spec.class_names.items()},
-            "preprocess": pcfg.to_dict(), "model_dims": model_dims, "data_root": str(cfg.data.root),
-            "spacing": list(train_prep[0].reference.spacing),
-        }
-        last_path = run_dir / "last.pt"
-        if resume and last_path.exists():
-            state = load_checkpoint(last_path, map_location=device)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            task.load_state_dict(state.get("task", {}))
-            it, elapsed = int(state["iter"]), float(state["elapsed"])
-            best = float(state.get("best_metric", -math.inf))
-            if "sampler" in state:
-                sampler.set_state(json.loads(state["sampler"]))
-            torch.set_rng_state(state["torch_rng"])
-        emit("start", run_dir=str(run_dir), device=describe_device(device), model=cfg.model.name,
-             params=sum(p.numel() for p in model.parameters()), train_cases=len(train_prep),
-             val_cases=len(val_prep), unlabelled_cases=len(extra_cases), resumed_at=it if resume else None,
-             world_size=dist_info.world_size, load_seconds=round(time.time() - t0, 2),
-             budget={"iterations": total_iterations(tc), "minutes": tc.minutes}, task=task.name)
-        task.prepare({"emit": emit, "sampler": sampler, "device": device, "stop": stop, "cfg": cfg,
-                      "run_dir": run_dir, "is_main": main})
-
-        def checkpoint(path: Path, best_metric: float) -> None:
-            if not main:
-                return
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "task": task.state_dict(),
-                "iter": it, "elapsed": elapsed, "best_metric": best_metric, "meta": json.dumps(meta),
-                "sampler": json.dumps(sampler.get_state()), "torch_rng": torch.get_rng_state(),
-            }, path)
-
-        last_val = -1
-
-        def run_validation() -> None:
-            nonlocal best, last_val
-            last_val = it
-            if not main:
-                return
-            res = validate(model, val_prep, device, cfg.data.slice_axis, num_classes) if val_prep else \
-                {"dice": {}, "dice_mean": math.nan}
-            emit("val", iter=it, **res)
-            _append_metrics(run_dir / "metrics.csv", it, elapsed, res)
-            score = res["dice_mean"] if math.isfinite(res["dice_mean"]) else -float(it)
-            checkpoint(last_path, best)
-            if score > best or not (run_dir / "best.pt").exists():
-                best = max(best, score)
-                checkpoint(run_dir / "best.pt", best)
-                emit("checkpoint", iter=it, kind="best", dice_mean=res["dice_mean"])
-
-        status = "finished"
-        model.train()
-        while True:
-            frac = budget_fraction(tc, it, elapsed)
-            if any_true(frac >= 1.0, dist_info, device):
-                break
-            if any_true(stop(), dist_info, device):
-                status = "stopped"
-                break
-            t_it = time.time()
-            lr = tc.lr * (1.0 - min(frac, 1.0)) ** 0.9
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            np_batch = sampler.sample(tc.batch_size)
-            batch = {k: torch.as_tensor(v, device=device) for k, v in np_batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, terms = task.compute(batch, train_model)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at iteration {it}; terms {terms}")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            terms.update(task.after_step(batch))
-            it += 1
-            elapsed += time.time() - t_it
-            if main and (it % tc.log_every == 0 or it == 1):
-                emit("iter", iter=it, loss=float(loss.detach()), terms=terms, lr=lr, elapsed=round(elapsed, 3),
-                     progress=min(1.0, budget_fraction(tc, it, elapsed)))
-            if it % tc.val_every == 0:
-                run_validation()
-        if status == "finished" and last_val != it:
-            run_validation()
-        else:
-            checkpoint(last_path, best)
-        emit("end", status=status, iter=it, elapsed=round(elapsed, 2), best_dice=best if best > -math.inf else None)
-        return {"status": status, "iterations": it, "elapsed": elapsed, "best_dice": best, "run_dir": str(run_dir)}
+        return _train(_Run(cfg, run_dir, device, dist_info, emit), stop, resume)
     except BaseException as exc:
         failed = True
         emit("error", message=f"{type(exc).__name__}: {exc}")

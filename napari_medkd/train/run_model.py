@@ -1,23 +1,23 @@
 """Load a trained model (and what inference needs to know about it) from a run folder."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
+from ..card import ModelCard
 from .checkpoint import CheckpointError, load_checkpoint
 
 
 @dataclass
 class LoadedModel:
     model: Any                 # torch SegModel in eval mode
-    meta: Dict[str, Any]       # model_name, in_channels, num_classes, class_names, preprocess, model_dims, ...
+    card: ModelCard            # model_name, in_channels, num_classes, class_names, preprocess, model_dims, ...
     checkpoint: Path
 
     @property
     def class_names(self) -> Dict[int, str]:
-        return {int(k): v for k, v in self.meta["class_names"].items()}
+        return dict(self.card.class_names)
 
 
 def checkpoint_path(run: str | Path, which: str = "best") -> Path:
@@ -40,14 +40,17 @@ def load_run_model(run: str | Path, which: str = "best", device: Any = "cpu") ->
     path = checkpoint_path(run, which)
     state = load_checkpoint(path, map_location="cpu")
     try:
-        meta = json.loads(state["meta"])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} has no model description ('meta'); was it written by napari-medkd?") from exc
-    model = build_model(meta["model_name"], in_channels=meta["in_channels"], num_classes=meta["num_classes"],
-                        **meta.get("model_kwargs", {}))
+        card = ModelCard.from_checkpoint(state["meta"])
+    except (KeyError, TypeError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} has no model description ('meta'); was it written by napari-medkd? "
+                              f"({type(exc).__name__}: {exc})") from exc
+    model = build_model(card.model_name, in_channels=card.in_channels, num_classes=card.num_classes,
+                        **card.model_kwargs)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model '{meta['model_name']}': {exc}") from exc
+        raise CheckpointError(f"{path}: weights do not fit model '{card.model_name}': {exc}") from exc
+    if card.model_dims is None:  # checkpoints written before the model's dims were stored
+        card.model_dims = int(getattr(model, "spatial_dims", 2))
     model.to(torch.device(device)).eval()
-    return LoadedModel(model, meta, path)
+    return LoadedModel(model, card, path)

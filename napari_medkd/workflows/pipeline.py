@@ -13,7 +13,6 @@ from ..config import RunConfig
 from ..io.atomic import write_text_atomic
 
 MARKER = ".medkd_pipeline"
-OUTPUT_ONLY_METHODS = ("logit_kd", "cwd")
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -63,44 +62,35 @@ def _export_and_time(run: Path, onnx_path: Path, img, log) -> str:
     return line
 
 
-def run_pipeline(data: Path, out: Path, minutes_teacher: float = 1.5, minutes_student: float = 0.75,
-                 teacher: str = "unet", student: str = "unet_tiny", method: str = "logit_kd",
-                 minutes_distill: float | None = None, export: bool = True, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> Dict[str, object]:
-    from .evaluate import evaluate_model
-    from ..train.run_model import load_run_model
-    from ..io.image_io import read_image
-    from ..data.datasets import load_dataset, load_label
-    from ..inference.predict_files import predict_image
-    from .report import metrics_table, side_by_side_figure
-    from ..distill.task import distill_task_factory
+def _train_roles(data: Path, out: Path, roles, models: Dict[str, str], minutes: Dict[str, float], method: str,
+                 log) -> Dict[str, Path]:
+    """Train the teacher, the student alone and (if in ``roles``) the distilled student, in that order."""
+    from ..distill.task import needs_only_outputs
     from ..train.engine import run_training
 
-    t0 = time.time()
-    out = Path(out)
-    _prepare_out(out, overwrite)
-    runs = {}
-    minutes_distill = minutes_student if minutes_distill is None else minutes_distill
-    roles = ["teacher", "student"] + (["distilled"] if method and method != "none" else [])
-    for role, name, minutes in (("teacher", teacher, minutes_teacher), ("student", student, minutes_student),
-                                ("distilled", student, minutes_distill)):
-        if role not in roles:
-            continue
-        cfg = default_config(data, name, minutes)
-        factory = None
+    runs: Dict[str, Path] = {}
+    for role in roles:
+        cfg = default_config(data, models[role], minutes[role])
         if role == "distilled":
-            log(f"== distilling the teacher into {name} with {method} for {minutes} min")
+            log(f"== distilling the teacher into {models[role]} with {method} for {minutes[role]} min")
             cfg.distill.teacher, cfg.distill.method = str(runs["teacher"]), method
             # output-only methods read the teacher from a cache made once per image: as many updates
             # per minute as the student alone, instead of a teacher forward pass per step
-            cfg.distill.cache_teacher = method in OUTPUT_ONLY_METHODS
+            cfg.distill.cache_teacher = needs_only_outputs(method)
             cfg.distill.stage_iterations = {"paraphraser": 50, "msan": 50}
-            factory = distill_task_factory(runs["teacher"], method, patch_size=cfg.data.patch_size)
         else:
-            log(f"== training the {role} ({name}) alone for {minutes} min on {data}")
+            log(f"== training the {role} ({models[role]}) alone for {minutes[role]} min on {data}")
         runs[role] = out / role
-        res = run_training(cfg, runs[role], task_factory=factory)
+        res = run_training(cfg, runs[role])
         log(f"   {res['status']}: {res['iterations']} iterations, best validation Dice {res['best_dice']:.3f}")
+    return runs
+
+
+def _evaluate_roles(data: Path, out: Path, roles, runs: Dict[str, Path], method: str, log):
+    """Each role's model, evaluated on the test split (written to ``ROLE/evaluation``)."""
+    from .evaluate import evaluate_model
+    from ..train.run_model import load_run_model
+
     results, loaded = [], {}
     for role in roles:
         lm = load_run_model(runs[role])
@@ -109,18 +99,47 @@ def run_pipeline(data: Path, out: Path, minutes_teacher: float = 1.5, minutes_st
         ev = evaluate_model(lm, data, "test", name=role)
         ev.write(out / role / "evaluation")
         log(ev.table())
-        label = f"student + {method} ({lm.meta['model_name']})" if role == "distilled" else \
-            f"{role} ({lm.meta['model_name']})"
+        label = f"student + {method} ({lm.card.model_name})" if role == "distilled" else \
+            f"{role} ({lm.card.model_name})"
         results.append((label, sum(p.numel() for p in lm.model.parameters()), ev))
-    names = loaded["teacher"].class_names
-    table = metrics_table(results, names)
+    return results, loaded
+
+
+def _comparison(data: Path, out: Path, roles, loaded, method: str, names):
+    """The side-by-side figure of every role's mask on the first labelled test case, and that image."""
+    from ..io.image_io import read_image
+    from ..data.datasets import load_dataset, load_label
+    from ..inference.predict_files import predict_image
+    from .report import side_by_side_figure
+
     spec = load_dataset(data)
     case = next(c for c in spec.cases if c.split == "test" and c.label is not None)
     img = read_image(case.image)
-    masks = {(f"student + {method}" if r == "distilled" else f"{r} ({loaded[r].meta['model_name']})"):
+    masks = {(f"student + {method}" if r == "distilled" else f"{r} ({loaded[r].card.model_name})"):
              predict_image(loaded[r], img) for r in roles}
     fig = side_by_side_figure(img.array, load_label(case.label), masks, out / "comparison.png",
                               title=f"test case {case.id}", n_classes=len(names))
+    return fig, img
+
+
+def run_pipeline(data: Path, out: Path, minutes_teacher: float = 1.5, minutes_student: float = 0.75,
+                 teacher: str = "unet", student: str = "unet_tiny", method: str = "logit_kd",
+                 minutes_distill: float | None = None, export: bool = True, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> Dict[str, object]:
+    from .report import metrics_table
+
+    t0 = time.time()
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    minutes_distill = minutes_student if minutes_distill is None else minutes_distill
+    roles = ["teacher", "student"] + (["distilled"] if method and method != "none" else [])
+    runs = _train_roles(data, out, roles, {"teacher": teacher, "student": student, "distilled": student},
+                        {"teacher": minutes_teacher, "student": minutes_student, "distilled": minutes_distill},
+                        method, log)
+    results, loaded = _evaluate_roles(data, out, roles, runs, method, log)
+    names = loaded["teacher"].class_names
+    table = metrics_table(results, names)
+    fig, img = _comparison(data, out, roles, loaded, method, names)
     onnx_text = ""
     if export:
         onnx_text = _export_and_time(runs[roles[-1]], out / "student.onnx", img, log)

@@ -26,6 +26,7 @@ class AttentionTransfer(DistillTerm):
     """Squared distance of normalised spatial attention maps, summed over ``taps``."""
 
     TAPS = ("enc_low", "enc_high")
+    CONTRACT = {"channel_agnostic": True}
 
     def __init__(self, teacher_info, student_info, num_classes, p: float = 2.0,
                  taps: Sequence[str] = ("enc_low", "enc_high"), reduction: str = "image"):

@@ -95,6 +95,7 @@ class AdversarialTerm(DistillTerm):
     """WGAN-GP holistic distillation on the logit maps (see module doc)."""
 
     TAPS = ("logits",)
+    CONTRACT = {"params": {"conv_dim": 8}}
     OWN_OPTIMIZER = True
 
     def __init__(self, teacher_info, student_info, num_classes, lambda_gp: float = 10.0, lambda_d: float = 1.0,

@@ -59,6 +59,7 @@ class EMKDRegionAffinity(DistillTerm):
     """Squared difference of class-prototype cosine affinities (see module doc)."""
 
     TAPS = ("enc_low", "enc_high")
+    CONTRACT = {"channel_agnostic": True}
 
     def __init__(self, teacher_info, student_info, num_classes, taps: Sequence[str] = ("enc_low", "enc_high"),
                  region_source: str = "gt", fg_smooth: float = 1.0):

@@ -264,6 +264,8 @@ class GKDTerm(DistillTerm):
     """
 
     PRETRAIN_STAGE = "msan"
+    CONTRACT = {"skip": "runs the student and teacher models themselves (ctx.student/teacher, bottleneck "
+                        "exchange); tests/test_terms_gkd.py holds its contract"}
 
     def __init__(self, teacher_info, student_info, num_classes, alignment: Optional[GKDAlignment] = None,
                  **alignment_kw):

@@ -99,6 +99,7 @@ class GraphFlowTerm(DistillTerm):
     """
 
     TAPS = ("enc_low", "dec_low")
+    CONTRACT = {"params": {"use_paraphraser": False}}  # with it, zero is at the paraphrased teacher
     PRETRAIN_STAGE = "paraphraser"
 
     def __init__(self, teacher_info: Dict[str, TapInfo], student_info: Dict[str, TapInfo], num_classes: int,

@@ -27,6 +27,7 @@ class IFVD(DistillTerm):
     """MSE between student and teacher pixel-to-prototype cosine maps."""
 
     TAPS = ("dec_low",)
+    CONTRACT = {"channel_agnostic": True}
     NEEDS_LABELS = False  # falls back to the teacher's argmax
 
     def __init__(self, teacher_info, student_info, num_classes, tap: str = "dec_low", region_source: str = "gt"):

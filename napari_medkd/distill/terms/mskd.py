@@ -30,6 +30,7 @@ MSKD_PAPER = "Zhao et al., Comput Biol Med 2023 (MSKD) [R]"
 
 class _MSKDBase(DistillTerm):
     TAPS = ("enc_high", "dec_low")
+    CONTRACT = {"channel_agnostic": True}
 
     def __init__(self, teacher_info, student_info, num_classes, taps: Sequence[str], region_source: str):
         super().__init__(teacher_info, student_info, num_classes)

@@ -49,6 +49,7 @@ class SKDPairwise(DistillTerm):
     """Squared difference of patch-node cosine affinities (mean over node pairs and batch)."""
 
     TAPS = ("bottleneck",)
+    CONTRACT = {"channel_agnostic": True}
 
     def __init__(self, teacher_info, student_info, num_classes, tap: str = "bottleneck", patch: int = 2,
                  pool_scale: Optional[float] = None, max_nodes: int = MAX_NODES):
