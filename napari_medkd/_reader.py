@@ -26,7 +26,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-MEDICAL_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+from .io.suffixes import VOLUME_EXTENSIONS, is_volume, stem_of
+
+MEDICAL_SUFFIXES = VOLUME_EXTENSIONS  # the one table, napari_medkd/io/suffixes.py (napari.yaml lists them)
 LABEL_PARENTS = ("labelstr", "labelsts")
 LABEL_MARKERS = ("_mask", "_seg", "_label")
 
@@ -93,11 +95,7 @@ def as_label_array(data: np.ndarray) -> np.ndarray:
 
 # -- naming ---------------------------------------------------------------------------------
 def strip_suffix(name: str) -> str:
-    low = name.lower()
-    for suf in MEDICAL_SUFFIXES:
-        if low.endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
+    return stem_of(name)
 
 
 def looks_like_labels(path: PathLike) -> bool:
@@ -110,7 +108,7 @@ def looks_like_labels(path: PathLike) -> bool:
 
 
 def _is_medical_file(path: PathLike) -> bool:
-    return str(path).lower().endswith(MEDICAL_SUFFIXES)
+    return is_volume(path)
 
 
 def _looks_like_dicom_file(f: Path) -> bool:

@@ -1,7 +1,8 @@
 """npe2 sample data: one hippocampus MRI case (3D) and one fundus phantom (2D), with their labels.
 
-The files live in the repository's ``sample_data/`` folder next to the package. Without it (an
-installed wheel) the 2D phantom is drawn on the fly with ``napari_medkd.data.phantoms``.
+The files ship inside the package (``napari_medkd/sample_data/``, in the wheel too) and are found with
+``importlib.resources``. Should the vessel files be missing, the 2D phantom is drawn on the fly with
+``napari_medkd.data.phantoms``.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import List
 import numpy as np
 
 from ._reader import LayerData, image_layer_data
+from .io.resources import sample_data_dir
 
-SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
+SAMPLE_DATA = sample_data_dir()
 HIPPOCAMPUS_CASE = "hippocampus_001.nii.gz"
 FUNDUS_CASE = "phantom_000.png"
 
@@ -29,7 +31,7 @@ def hippocampus() -> List[LayerData]:
     img_path, lab_path = root / "imagesTr" / HIPPOCAMPUS_CASE, root / "labelsTr" / HIPPOCAMPUS_CASE
     for p in (img_path, lab_path):
         if not p.is_file():
-            raise FileNotFoundError(f"sample file {p} is missing; the hippocampus sample needs the repository's "
+            raise FileNotFoundError(f"sample file {p} is missing; the hippocampus sample needs the package's "
                                     f"sample_data/ folder")
     image = image_layer_data(read_image(img_path), "hippocampus MRI", "image", source=str(img_path))
     labels = image_layer_data(read_image(lab_path), "hippocampus labels", "labels", source=str(lab_path))

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from ._reader import as_label_array, layer_kwargs_to_geometry
+from .io.suffixes import LABEL_WRITE_EXTENSIONS
 
-WRITER_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")
+WRITER_SUFFIXES = LABEL_WRITE_EXTENSIONS  # napari.yaml's writer lists the same (tests/test_plugin_io.py)
 
 
 def geometry_from_attributes(meta: Dict[str, Any], ndim_spatial: int) -> Optional[Dict[str, Any]]:

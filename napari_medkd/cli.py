@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .io.atomic import write_text_atomic
+from .io.resources import sample_data_dir, suite_path
 
 
 class CLIError(Exception):
@@ -195,11 +196,10 @@ def cmd_models(args) -> int:
 def cmd_bench(args) -> int:
     from .workflows.bench import run_bench
 
-    suite = Path(args.suite)
-    if not suite.suffix:
-        suite = Path(__file__).resolve().parents[1] / "benchmarks" / "suites" / f"{args.suite}.yaml"
-    if not suite.exists():
-        raise CLIError(f"suite {suite} not found")
+    try:
+        suite = suite_path(args.suite)  # a packaged suite by name, or a path
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from exc
     run_bench(suite, args.preset, Path(args.results), methods=args.methods, jobs=args.jobs)
     return 0
 
@@ -217,7 +217,13 @@ def cmd_pipeline(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medkd", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
+    for add in (_add_train, _add_distill, _add_methods, _add_evaluate, _add_predict, _add_validate_data,
+                _add_models, _add_bench, _add_export, _add_infer, _add_pipeline):
+        add(sub)  # one subcommand each, in the order `medkd --help` lists them
+    return ap
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a teacher or a student alone")
     p.add_argument("--data")
     p.add_argument("--model", help="registered model name (see `medkd models`)")
@@ -225,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget(p)
     p.set_defaults(fn=cmd_train)
 
+
+def _add_distill(sub) -> None:
     p = sub.add_parser("distill", help="train a student with a frozen teacher and a distillation method")
     p.add_argument("--data")
     p.add_argument("--teacher", help="run folder of a trained teacher")
@@ -234,9 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget(p)
     p.set_defaults(fn=cmd_distill)
 
+
+def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list distillation methods and their terms")
     p.set_defaults(fn=cmd_methods)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice/IoU/HD95/ASD of a trained model on a data set split")
     p.add_argument("--model", required=True, help="run folder or checkpoint")
     p.add_argument("--data", required=True)
@@ -250,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsd-tile", type=int, default=96, help="tile size for the FSD semantic vectors")
     p.set_defaults(fn=cmd_evaluate)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="segment files with a trained torch model")
     p.add_argument("--model", required=True)
     p.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
@@ -258,16 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_predict)
 
+
+def _add_validate_data(sub) -> None:
     p = sub.add_parser("validate-data", help="check a data set folder and summarise it")
     p.add_argument("data")
     p.set_defaults(fn=cmd_validate)
 
+
+def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list registered models with parameters and MACs")
     p.add_argument("--size", type=int, default=256)
     p.set_defaults(fn=cmd_models)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite (resumable): table, CSV and plots")
-    p.add_argument("--suite", required=True, help="suite name in benchmarks/suites or a YAML path")
+    p.add_argument("--suite", required=True, help="name of a packaged suite (napari_medkd/suites: "
+                   "drive, chase, ...) or a YAML path")
     p.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (the papers' sizes)")
     p.add_argument("--results", default="results")
     p.add_argument("--methods", nargs="+", help="only these of the suite's methods (the rest can follow later)")
@@ -275,12 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the preset's jobs, else 1)")
     p.set_defaults(fn=cmd_bench)
 
-    _add_export(sub)
-    _add_infer(sub)
 
+def _add_pipeline(sub) -> None:
     p = sub.add_parser("pipeline", help="the one-click job: teacher, student alone, distilled student, "
                                         "evaluation, ONNX export and report")
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"))
+    p.add_argument("--data", default=str(sample_data_dir("hippocampus")), help="default: the packaged sample")
     p.add_argument("--out", default="medkd_out")
     p.add_argument("--teacher-minutes", type=float, default=1.5)
     p.add_argument("--student-minutes", type=float, default=0.75)
@@ -291,7 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export of the student")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_pipeline)
-    return ap
 
 
 def _add_export(subparsers) -> None:

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-.venv/bin/medkd pipeline --data sample_data/hippocampus --out medkd_out --overwrite "$@"
+.venv/bin/medkd pipeline --data napari_medkd/sample_data/hippocampus --out medkd_out --overwrite "$@"

@@ -1,11 +1,11 @@
-"""Write the procedural 2D vessel sample set into sample_data/vessels2d (deterministic)."""
+"""Write the procedural 2D vessel sample set into napari_medkd/sample_data/vessels2d (deterministic)."""
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from napari_medkd.data.phantoms import vessel_phantom
 
-ROOT = Path(__file__).resolve().parents[1] / "sample_data" / "vessels2d"
+ROOT = Path(__file__).resolve().parents[1] / "napari_medkd" / "sample_data" / "vessels2d"
 
 
 def main(n_train: int = 10, n_test: int = 4, size: int = 256) -> None:

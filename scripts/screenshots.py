@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "sample_data" / "hippocampus"
+DATA = ROOT / "napari_medkd" / "sample_data" / "hippocampus"
 
 
 def wait(cond, timeout: float, what: str) -> None:

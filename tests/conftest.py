@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-SAMPLE = ROOT / "sample_data"
+SAMPLE = ROOT / "napari_medkd" / "sample_data"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

@@ -187,7 +187,7 @@ def test_a_minutes_only_teacher_budget_is_warned_about(tmp_path):
 def test_shipped_suites_budget_the_teacher_in_iterations():
     from pathlib import Path
 
-    suites = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "suites").glob("*.yaml"))
+    suites = sorted((Path(__file__).resolve().parents[1] / "napari_medkd" / "suites").glob("*.yaml"))
     assert suites
     for path in suites:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -173,3 +173,30 @@ def test_prefer_medkd_reader_makes_file_open_use_the_plugin(make_napari_viewer, 
     [layer] = viewer.open(str(path), plugin=None)  # what File > Open and drag-and-drop do
     assert "medkd_geometry" in layer.metadata
     np.testing.assert_allclose(layer.translate, ref.GetOrigin()[::-1], atol=1e-5)
+
+
+def test_manifest_suffixes_agree_with_the_one_suffix_table():
+    """napari.yaml's reader patterns and writer extensions are the tables of napari_medkd/io/suffixes.py."""
+    import yaml
+
+    from napari_medkd._reader import MEDICAL_SUFFIXES
+    from napari_medkd._writer import WRITER_SUFFIXES
+    from napari_medkd.io.suffixes import LABEL_WRITE_EXTENSIONS, VOLUME_EXTENSIONS
+
+    manifest = yaml.safe_load((ROOT / "napari_medkd" / "napari.yaml").read_text(encoding="utf-8"))
+    [writer] = manifest["contributions"]["writers"]
+    assert tuple(writer["filename_extensions"]) == WRITER_SUFFIXES == LABEL_WRITE_EXTENSIONS
+    files = [r for r in manifest["contributions"]["readers"] if not r["accepts_directories"]]
+    assert {p.removeprefix("*") for r in files for p in r["filename_patterns"]} == set(MEDICAL_SUFFIXES)
+    assert MEDICAL_SUFFIXES == VOLUME_EXTENSIONS
+
+
+def test_packaged_sample_data_is_found_through_the_package():
+    from napari_medkd.io.resources import sample_data_dir, suite_path
+
+    assert (sample_data_dir("hippocampus") / "dataset.json").is_file()
+    assert sample_data_dir().parent == Path(__import__("napari_medkd").__file__).resolve().parent
+    assert suite_path("drive").name == "drive.yaml" and suite_path("drive").parent.name == "suites"
+    assert suite_path(str(suite_path("chase"))) == suite_path("chase")  # a path still works
+    with pytest.raises(FileNotFoundError, match="packaged suites: .*drive"):
+        suite_path("nope")

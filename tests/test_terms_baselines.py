@@ -117,8 +117,9 @@ def test_grows_with_perturbation(case, name, params, _):
 def test_gradients_reach_student_never_teacher(case, name, params, agnostic):
     torch.manual_seed(0)
     s_ch, s_size = (24, 8) if agnostic else (16, 16)
-    term = build(name, params, t_ch=64, s_ch=s_ch)
-    t = {k: v.requires_grad_(True) for k, v in teacher_taps(ch=64, size=16).items()}
+    t_ch = s_ch if _contract(name).get("same_channels") else 64
+    term = build(name, params, t_ch=t_ch, s_ch=s_ch)
+    t = {k: v.requires_grad_(True) for k, v in teacher_taps(ch=t_ch, size=16).items()}
     s = {k: v.requires_grad_(True) for k, v in teacher_taps(ch=s_ch, size=s_size, seed=3).items()}
     loss = term(ctx(s, t, labels()))
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -279,7 +280,7 @@ def test_registry_metadata_and_taps():
         meta = TERMS.meta(name)
         assert meta["paper"] and meta["section"].startswith("§") and isinstance(meta["defaults"], dict)
         assert TERMS.get(name).TAPS
-        assert set(_contract(name)) <= {"params", "channel_agnostic", "skip"}, name
+        assert set(_contract(name)) <= {"params", "channel_agnostic", "same_channels", "skip"}, name
         if not _contract(name).get("skip"):
             assert build(name, _contract(name).get("params", {})).TAPS
     assert {v[1] for v in VARIANTS} <= set(TERMS.names())

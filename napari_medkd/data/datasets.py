@@ -19,12 +19,13 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..io.suffixes import SUPPORTED_EXTENSIONS, VOLUME_EXTENSIONS, is_supported, is_volume, stem_of
+
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "tr": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test", "ts": "test"}
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg", ".tif",
-                  ".tiff", ".bmp")
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+IMAGE_SUFFIXES = SUPPORTED_EXTENSIONS  # the one table, napari_medkd/io/suffixes.py
+VOLUME_SUFFIXES = VOLUME_EXTENSIONS
 BINARY_CLASSES = {0: "background", 1: "foreground"}
 
 
@@ -60,16 +61,11 @@ class DatasetSpec:
 
 def file_stem(path: Union[str, Path]) -> str:
     """Name without the image suffix (``case.nii.gz`` -> ``case``)."""
-    name = Path(path).name
-    low = name.lower()
-    for suf in IMAGE_SUFFIXES:
-        if low.endswith(suf):
-            return name[: -len(suf)]
-    return Path(name).stem
+    return stem_of(path)
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
+    return path.is_file() and not path.name.startswith(".") and is_supported(path)
 
 
 def _list_images(folder: Path) -> List[Path]:
@@ -300,7 +296,7 @@ def scan_dataset(root_or_csv: Union[str, Path], class_names: Optional[Dict] = No
 
         spec.modality, spec.dims = infer_modality_dims(read_image(cases[0].image), meta)
     elif cases:
-        spec.dims = 3 if cases[0].image.name.lower().endswith(VOLUME_SUFFIXES) else 2
+        spec.dims = 3 if is_volume(cases[0].image) else 2
         spec.modality = "MR" if spec.dims == 3 else "grey"
         if meta.get("modality"):
             m = meta["modality"]

@@ -1,6 +1,6 @@
 """Procedural phantoms: fundus-like RGB images with a vessel tree, made by the project itself.
 
-They fill ``sample_data/vessels2d`` (see ``scripts/make_sample_vessels.py``) and give tests a
+They fill ``napari_medkd/sample_data/vessels2d`` (see ``scripts/make_sample_vessels.py``) and give tests a
 realistic-looking 2D case without shipping third-party images.
 """
 from __future__ import annotations

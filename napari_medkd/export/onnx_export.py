@@ -195,23 +195,68 @@ def parity(model, onnx_path: str, samples: Sequence[Sample]) -> Tuple[float, flo
     return max_diff, equal / max(total, 1)
 
 
-def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = True,
-                sample_images: Optional[Sequence] = None, overwrite: bool = False, atol: float = 1e-4,
-                min_agreement: float = 0.9999, exporter: str = "auto") -> ExportReport:
-    """Export the run's model (``load_run_model``) to ``out_path`` (a single ``.onnx`` file)."""
-    import onnx
-
-    from .. import __version__
-    from ..train.run_model import LoadedModel, load_run_model
-
-    t0 = time.perf_counter()
+def _check_target(out: Path, exporter: str, overwrite: bool) -> None:
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got '{exporter}'")
-    out = Path(out_path)
     if out.suffix.lower() != ".onnx":
         raise ValueError(f"{out}: the output file must end in .onnx")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _run_exporters(model, x, div: int, dims: int, tmp: str, opset: int, exporter: str, model_name) -> str:
+    """Export with ``exporter`` (``auto``: dynamo, then TorchScript); the name of the one that worked."""
+    errors = []
+    for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
+        try:
+            if name == "dynamo":
+                _export_dynamo(model, x, div, dims, tmp, opset)
+            else:
+                _export_torchscript(model, x, dims, tmp, opset)
+            return name
+        except Exception as exc:  # noqa: BLE001 - fall back, report both if all fail
+            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+    raise ExportCheckError(f"could not export {model_name} to ONNX: " + "; ".join(errors))
+
+
+def _write_card(tmp: str, out: Path, card: ModelCard, div: int, source_run: str, used: str) -> None:
+    """Store the card (with the export's facts) in the file's ``metadata_props``; run the ONNX checker."""
+    import onnx
+
+    from .. import __version__
+
+    proto = onnx.load(tmp)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(dataclasses.replace(card, size_divisor=div, source_run=source_run,
+                                     exporter=used, medkd_version=__version__).to_onnx_props())
+    onnx.helper.set_model_props(proto, props)
+    onnx.save_model(proto, tmp, save_as_external_data=False)
+    try:
+        onnx.checker.check_model(tmp, full_check=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ExportCheckError(f"{out}: the exported graph fails the ONNX checker: {exc}") from exc
+
+
+def _checked_parity(model, tmp: str, out: Path, samples: Sequence[Sample], atol: float,
+                    min_agreement: float) -> Tuple[float, float]:
+    max_diff, agreement = parity(model, tmp, samples) if samples else (float("nan"), float("nan"))
+    if samples and not (max_diff <= atol and agreement >= min_agreement):
+        raise ExportCheckError(
+            f"{out}: onnxruntime and torch disagree on {len(samples)} real image(s): max |logit diff| "
+            f"{max_diff:.3g} (allowed {atol:g}), mask agreement {agreement:.6f} (needed {min_agreement}); "
+            "the file was not written")
+    return max_diff, agreement
+
+
+def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = True,
+                sample_images: Optional[Sequence] = None, overwrite: bool = False, atol: float = 1e-4,
+                min_agreement: float = 0.9999, exporter: str = "auto") -> ExportReport:
+    """Export the run's model (``load_run_model``) to ``out_path`` (a single ``.onnx`` file)."""
+    from ..train.run_model import LoadedModel, load_run_model
+
+    t0 = time.perf_counter()
+    out = Path(out_path)
+    _check_target(out, exporter, overwrite)
     lm = run_dir_or_loaded if isinstance(run_dir_or_loaded, LoadedModel) else load_run_model(run_dir_or_loaded)
     model, card = lm.model, lm.card
     was_training = model.training
@@ -220,36 +265,9 @@ def export_onnx(run_dir_or_loaded, out_path, *, opset: int = 18, check: bool = T
         with atomic_path(out, overwrite=overwrite) as tmp:
             x, div, dims = _example(model, int(card.in_channels))
             samples = sample_inputs(card, div, sample_images) if check else []
-            errors = []
-            used = None
-            for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
-                try:
-                    if name == "dynamo":
-                        _export_dynamo(model, x, div, dims, tmp, opset)
-                    else:
-                        _export_torchscript(model, x, dims, tmp, opset)
-                    used = name
-                    break
-                except Exception as exc:  # noqa: BLE001 - fall back, report both if all fail
-                    errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
-            if used is None:
-                raise ExportCheckError(f"could not export {card.model_name} to ONNX: " + "; ".join(errors))
-            proto = onnx.load(tmp)
-            props = {p.key: p.value for p in proto.metadata_props}
-            props.update(dataclasses.replace(card, size_divisor=div, source_run=str(lm.checkpoint.parent),
-                                             exporter=used, medkd_version=__version__).to_onnx_props())
-            onnx.helper.set_model_props(proto, props)
-            onnx.save_model(proto, tmp, save_as_external_data=False)
-            try:
-                onnx.checker.check_model(tmp, full_check=True)
-            except Exception as exc:  # noqa: BLE001
-                raise ExportCheckError(f"{out}: the exported graph fails the ONNX checker: {exc}") from exc
-            max_diff, agreement = parity(model, tmp, samples) if samples else (float("nan"), float("nan"))
-            if samples and not (max_diff <= atol and agreement >= min_agreement):
-                raise ExportCheckError(
-                    f"{out}: onnxruntime and torch disagree on {len(samples)} real image(s): max |logit diff| "
-                    f"{max_diff:.3g} (allowed {atol:g}), mask agreement {agreement:.6f} (needed {min_agreement}); "
-                    "the file was not written")
+            used = _run_exporters(model, x, div, dims, tmp, opset, exporter, card.model_name)
+            _write_card(tmp, out, card, div, str(lm.checkpoint.parent), used)
+            max_diff, agreement = _checked_parity(model, tmp, out, samples, atol, min_agreement)
     finally:
         model.train(was_training)
     return ExportReport(out, used, max_diff, agreement, len(samples), out.stat().st_size / 2 ** 20,

@@ -103,6 +103,50 @@ def _copy_props(src: Path, tmp: str, card) -> None:
     onnx.save_model(proto, tmp, save_as_external_data=False)
 
 
+def _check_paths(src: Path, out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"{out}: the quantised copy must not replace its source")
+
+
+def _quantize_file(src: Path, tmp: str, pre: str, reader: _Reader) -> None:
+    """Shape pre-processing (an optimisation only, skipped when it fails), then static quantisation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), pre, skip_symbolic_shape=True)
+        model_in = pre
+    except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
+        model_in = str(src)
+    _quantize_static(model_in, tmp, reader)
+
+
+def _compare(fp32, tmp: str, out: Path, evals: Sequence[Sample]):
+    """(fp32 masks, int8 masks, ground truths) of ``evals``; the int8 file must load in onnxruntime."""
+    import onnxruntime as ort
+
+    try:
+        q = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise QuantizeError(f"{out}: the quantised model does not load in onnxruntime: {exc}") from exc
+    p32, p8, truths = [], [], []
+    for s in evals:
+        p32.append(_labels(fp32.session, fp32.input_name, s))
+        p8.append(_labels(q, fp32.input_name, s))
+        truths.append(s.label)
+    return p32, p8, truths
+
+
+def _report(out: Path, src: Path, calib, evals, p32, p8, truths, k: int, t0: float) -> QuantReport:
+    agree = float(sum((a == b).sum() for a, b in zip(p32, p8)) / sum(a.size for a in p32))
+    have_gt = all(t is not None for t in truths)
+    return QuantReport(out, sum(len(s.x) for s in calib), sum(len(s.x) for s in evals), agree,
+                       _mean_dice(p8, p32, k), _mean_dice(p32, truths, k) if have_gt else None,
+                       _mean_dice(p8, truths, k) if have_gt else None, out.stat().st_size / 2 ** 20,
+                       src.stat().st_size / 2 ** 20, time.perf_counter() - t0)
+
+
 def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = None, overwrite: bool = False,
                   n_calibration: int = 8, eval_images: Optional[Sequence] = None) -> QuantReport:
     """Write a static int8 QDQ copy of ``onnx_path`` to ``out_path`` and compare it with the fp32 model.
@@ -110,17 +154,11 @@ def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = 
     Calibration: ``calibration_images`` (paths) or up to ``n_calibration`` training images of the data set
     named in the file's metadata; evaluation: ``eval_images`` or up to 3 test images (with labels).
     """
-    import onnxruntime as ort
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from ..inference.ort_infer import OrtSegmenter
 
     t0 = time.perf_counter()
     src, out = Path(onnx_path), Path(out_path)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-    if out.resolve() == src.resolve():
-        raise ValueError(f"{out}: the quantised copy must not replace its source")
+    _check_paths(src, out, overwrite)
     fp32 = OrtSegmenter(src, providers=["CPUExecutionProvider"])
     card, div = fp32.card, fp32.size_divisor
     calib = sample_inputs(card, div, calibration_images, n=n_calibration, splits=("train", "test"))
@@ -129,30 +167,11 @@ def quantize_int8(onnx_path, out_path, calibration_images: Optional[Sequence] = 
     with atomic_path(out, overwrite=overwrite) as tmp:
         pre = tmp + ".pre.onnx"
         try:
-            try:
-                quant_pre_process(str(src), pre, skip_symbolic_shape=True)
-                model_in = pre
-            except Exception:  # noqa: BLE001 - pre-processing is an optimisation only
-                model_in = str(src)
-            _quantize_static(model_in, tmp, _Reader(fp32.input_name, calib))
+            _quantize_file(src, tmp, pre, _Reader(fp32.input_name, calib))
             _copy_props(src, tmp, card)
-            try:
-                q = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # noqa: BLE001
-                raise QuantizeError(f"{out}: the quantised model does not load in onnxruntime: {exc}") from exc
-            p32, p8, truths = [], [], []
-            for s in evals:
-                p32.append(_labels(fp32.session, fp32.input_name, s))
-                p8.append(_labels(q, fp32.input_name, s))
-                truths.append(s.label)
-            k = fp32.num_classes
-            agree = float(sum((a == b).sum() for a, b in zip(p32, p8)) / sum(a.size for a in p32))
-            have_gt = all(t is not None for t in truths)
+            p32, p8, truths = _compare(fp32, tmp, out, evals)
         finally:
             for junk in (pre, pre + ".data"):
                 if os.path.exists(junk):
                     os.unlink(junk)
-    return QuantReport(out, sum(len(s.x) for s in calib), sum(len(s.x) for s in evals), agree,
-                       _mean_dice(p8, p32, k), _mean_dice(p32, truths, k) if have_gt else None,
-                       _mean_dice(p8, truths, k) if have_gt else None, out.stat().st_size / 2 ** 20,
-                       src.stat().st_size / 2 ** 20, time.perf_counter() - t0)
+    return _report(out, src, calib, evals, p32, p8, truths, fp32.num_classes, t0)

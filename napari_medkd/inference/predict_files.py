@@ -8,24 +8,22 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..data.prepare import PreprocessConfig, resample_to_spacing
+from ..data.prepare import PreprocessConfig, labels_to_source_grid
 from ..io.image import MedicalImage
-from ..io.suffixes import is_supported
+from ..io.suffixes import is_supported, is_volume, stem_of, suffix_of
 from ..io.image_io import read_image, write_mask
 from ..train.run_model import LoadedModel
 from ..models.predict import predict_labels
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+_MASK_SUFFIX = {".mhd": ".mha", ".nhdr": ".nrrd"}  # header + raw pairs are written as one file
 
 
 def mask_name(src: Path) -> str:
-    name = src.name
-    for suf in _VOLUME_SUFFIXES:
-        if name.lower().endswith(suf):
-            out_suf = ".mha" if suf == ".mhd" else (".nrrd" if suf == ".nhdr" else suf)
-            return name[: -len(suf)] + "_mask" + out_suf
+    if is_volume(src):
+        suf = suffix_of(src)
+        return stem_of(src) + "_mask" + _MASK_SUFFIX.get(suf, suf)
     if src.is_dir():  # DICOM series
-        return name + "_mask.nii.gz"
+        return src.name + "_mask.nii.gz"
     return src.stem + "_mask.png"
 
 
@@ -65,14 +63,7 @@ def predict_image(lm: LoadedModel, img: MedicalImage, device=None) -> np.ndarray
         raise ValueError(f"{img.path or 'image'}: the model expects {lm.card.in_channels} channel(s) "
                          f"but preprocessing gave {image_cf.shape[0]}")
     labels = predict_labels(lm.model, image_cf, device=device, slice_axis=pcfg.slice_axis)
-    if work is not img:  # resampled: bring the mask back to the source grid
-        tmp = MedicalImage(labels, work.spacing, work.origin, work.direction)
-        back = resample_to_spacing(tmp, img.spacing, is_label=True).array
-        out = np.zeros(img.array.shape[: img.ndim_spatial], labels.dtype)
-        sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, back.shape))
-        out[sl] = back[sl]
-        labels = out
-    return labels
+    return labels_to_source_grid(labels, work, img)  # resampled: bring the mask back to the source grid
 
 
 def predict_path(lm: LoadedModel, src: Path, out: Optional[Path], overwrite: bool = False) -> Prediction:

@@ -12,6 +12,7 @@ VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 BITMAP_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif")
 SUPPORTED_EXTENSIONS: Tuple[str, ...] = VOLUME_EXTENSIONS + BITMAP_EXTENSIONS
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".tif", ".tiff")
+LABEL_WRITE_EXTENSIONS = (".nii.gz", ".nii", ".mha", ".nrrd", ".png")  # the napari writer (napari.yaml lists them)
 FORMAT_NAMES = {".nii.gz": "NIfTI", ".nii": "NIfTI", ".mha": "MetaImage", ".mhd": "MetaImage", ".nrrd": "NRRD",
                 ".nhdr": "NRRD", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG",
                 ".bmp": "BMP", ".gif": "GIF"}

@@ -61,7 +61,8 @@ class DistillTerm(nn.Module):
     # What the term promises, read by the contract tests (tests/test_terms_baselines.py), which run for
     # every registered term: ``params`` to build it small for a test; ``channel_agnostic`` when it compares
     # only structure (zero for a teacher tap that is the student's with channels repeated and upsampled);
-    # ``skip``: why the tap-only contract does not apply (the term's own tests cover it).
+    # ``same_channels`` when teacher and student taps need equal channel counts; ``skip``: why the
+    # tap-only contract does not apply (the term's own tests cover it).
     CONTRACT: Dict[str, Any] = {}
 
     def __init__(self, teacher_info: Dict[str, TapInfo], student_info: Dict[str, TapInfo], num_classes: int):

@@ -99,7 +99,8 @@ class GraphFlowTerm(DistillTerm):
     """
 
     TAPS = ("enc_low", "dec_low")
-    CONTRACT = {"params": {"use_paraphraser": False}}  # with it, zero is at the paraphrased teacher
+    # with the paraphraser, zero is at the paraphrased teacher; without, channel counts must match
+    CONTRACT = {"params": {"use_paraphraser": False}, "same_channels": True}
     PRETRAIN_STAGE = "paraphraser"
 
     def __init__(self, teacher_info: Dict[str, TapInfo], student_info: Dict[str, TapInfo], num_classes: int,
