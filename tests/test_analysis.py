@@ -52,12 +52,12 @@ def test_top_edges_are_the_strongest_pairs_of_valid_nodes():
 def test_patch_graph_nodes_edges_and_affinities(models):
     from napari_medkd.analysis.graphs import GRAPH_TYPES, SIDES, region_graphs
 
-    img = _image()
+    img = _image((36, 48))
     res = region_graphs(models["t"], models["s"], img, [0, 0], GRAPH_TYPES[0], "enc_high", max_nodes=64, top_k=12)
     n = len(res["positions"])
     assert 4 < n <= 64 and res["valid"].shape == (n,) and res["valid"].sum() > 4
     assert res["axis"] == -1 and res["coords"].shape == (n, 2)
-    # nodes in the padding (40 rows padded to 48) are not valid; the valid ones lie on the image
+    # nodes in the padding (36 rows padded centred to 48) are not valid; the valid ones lie on the image
     inside = np.all((res["positions"] >= -0.5) & (res["positions"] <= np.array(img.array.shape) - 0.5), axis=1)
     np.testing.assert_array_equal(res["valid"], inside)
     assert not inside.all()

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from napari_medkd.data.augment import augment
-from napari_medkd.data.prepare import (PreprocessConfig, crop_back, normalize_intensity, pad_to_multiple,
-                                       preprocess_image, resample_to_spacing)
+from napari_medkd.data.prepare import (PreprocessConfig, crop_back, labels_to_source_grid, normalize_intensity,
+                                       pad_to_multiple, plane_to_source_grid, preprocess_image, resample_to_spacing,
+                                       work_slice_index, zscore_apply, zscore_stats)
 from napari_medkd.data.slices import sample_patch, slices_to_volume, volume_to_slices
 from napari_medkd.io.image import MedicalImage
 
@@ -75,6 +76,43 @@ def test_resample_changes_shape_by_spacing_ratio_and_keeps_origin():
     assert lo.array.dtype == np.uint8 and set(np.unique(lo.array)) == {0, 2}  # nearest: no new values
     with pytest.raises(ValueError, match="spacing"):
         resample_to_spacing(img, (1.0, 1.0))
+
+
+def test_zscore_stats_are_the_ones_normalisation_uses_on_large_volumes():
+    """Over 4M voxels the statistics come from a strided subsample; zscore_stats gives exactly those
+    (the full volume's percentiles differ, so a whole-volume recomputation would not match)."""
+    rng = np.random.default_rng(1)
+    vol = rng.gamma(2.0, 50.0, (17, 512, 512)).astype(np.float32)  # 4.46 M voxels > 1 << 22
+    stats = zscore_stats(vol, (0.5, 99.5))
+    full_hi = float(np.percentile(vol, 99.5))
+    assert stats[1] != full_hi
+    np.testing.assert_array_equal(zscore_apply(vol[5], stats), normalize_intensity(vol, "MR")[0, 5])
+    small = vol[:2, :64, :64]
+    assert zscore_stats(small, (0.5, 99.5))[1] == pytest.approx(float(np.percentile(small, 99.5)))
+
+
+def test_work_slice_index_rounds_half_up_and_knows_the_grid_ends():
+    assert work_slice_index(1, 1.0, 2.0, 4) == 1     # 0.5 -> 1 (Python's round would give 0)
+    assert work_slice_index(3, 1.0, 2.0, 4) == 2     # 1.5 -> 2
+    assert work_slice_index(2, 2.0, 1.0, 14) == 4
+    assert work_slice_index(7, 1.0, 2.0, 4) == 3     # 3.5: past the grid -> clipped ...
+    assert work_slice_index(7, 1.0, 2.0, 4, clip=False) == -1  # ... or -1
+    assert work_slice_index(6, 1.0, 2.0, 4, clip=False) == 3
+
+
+@pytest.mark.parametrize("src_sp,work_sp,n", [((1, 1, 1), (1, 1, 2), 9), ((0.7, 0.9, 1.0), (1.0, 1.1, 1.5), 11),
+                                              ((1, 1, 2), (1, 1, 1), 7), ((1, 1, 3), (1, 1, 2), 8)])
+def test_a_plane_maps_back_as_its_slice_of_the_whole_volume_does(src_sp, work_sp, n):
+    img = MedicalImage(np.zeros((n, 13, 11), np.float32), src_sp, (3.0, -2.0, 5.0), IDENTITY3)
+    work = resample_to_spacing(img, work_sp)
+    lab = np.random.default_rng(0).integers(0, 3, work.array.shape).astype(np.uint8)
+    back = labels_to_source_grid(lab, work, img)
+    for i in range(n):
+        j = work_slice_index(i, src_sp[2], work_sp[2], lab.shape[0], clip=False)
+        plane = np.zeros(back.shape[1:], np.uint8) if j < 0 else plane_to_source_grid(lab[j], work, img, 0)
+        np.testing.assert_array_equal(plane, back[i])
+    first = lab[0]
+    assert plane_to_source_grid(first, img, img, 0) is first  # no resampling: unchanged
 
 
 def test_pad_to_multiple_and_crop_back():

@@ -2,9 +2,10 @@
 
 Used by the region-graph and alignment widgets. The input is what the model saw in training
 (``train.data.prepare_image`` with the run's preprocessing); a 2D model on a volume runs slice by
-slice along the run's ``slice_axis``. Inputs are zero-padded to the model's size divisor and maps
-are interpolated back, cropped and (if the run resamples) resized to the image grid. No Qt here;
-torch is imported inside functions.
+slice along the run's ``slice_axis``. Slicing and padding are the grid predictor's
+(``models.predict``: zero-padded centred to the size divisor, as in prediction), slice indices map
+with ``data.prepare.work_slice_index`` (as Live does); maps are interpolated back, cropped and (if the
+run resamples) resized to the image grid. No Qt here; torch is imported inside functions.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class ModelInput:
     image_shape: Tuple[int, ...]  # spatial shape of the source image
     axis: int                     # slice axis for a 2D model on a volume, else -1 (whole image)
     divisor: int
+    steps: Tuple[float, float] = (1.0, 1.0)  # (source, work) spacing along the slice axis (axis 0 in 3D)
 
     @property
     def n_slices(self) -> int:
@@ -39,12 +41,19 @@ class ModelInput:
     def padded_plane(self) -> Tuple[int, ...]:
         return tuple(int(np.ceil(s / self.divisor) * self.divisor) for s in self.work_plane)
 
-    def work_index(self, image_index: int) -> int:
-        """Image slice index -> slice index in the (possibly resampled) model input."""
-        if self.axis < 0:
+    @property
+    def pad_before(self) -> Tuple[int, ...]:
+        """Zeros before the work plane on each axis (``models.predict.pad_center`` splits them evenly)."""
+        return tuple((p - s) // 2 for p, s in zip(self.padded_plane, self.work_plane))
+
+    def work_index(self, image_index: int, n_work: Optional[int] = None) -> int:
+        """Image slice index -> slice index in the (possibly resampled) model input
+        (``data.prepare.work_slice_index``); ``n_work`` for a 3D input cut along axis 0."""
+        from ..data.prepare import work_slice_index
+
+        if self.axis < 0 and n_work is None:
             return 0
-        n_img, n_work = self.image_shape[self.axis], self.n_slices
-        return int(np.clip(round((image_index + 0.5) * n_work / n_img - 0.5), 0, n_work - 1))
+        return work_slice_index(image_index, self.steps[0], self.steps[1], n_work or self.n_slices)
 
 
 def model_input(lm, img) -> ModelInput:
@@ -52,7 +61,7 @@ def model_input(lm, img) -> ModelInput:
     from ..data.prepare import prepare_image
 
     pcfg = PreprocessConfig.from_dict(lm.card.preprocess)
-    x, _work = prepare_image(img, pcfg)
+    x, work = prepare_image(img, pcfg)
     if x.shape[0] != lm.card.in_channels:
         raise ValueError(f"the model takes {lm.card.in_channels} channel(s) but this image gives {x.shape[0]}")
     dims = int(lm.card.model_dims or getattr(lm.model, "spatial_dims", 2))
@@ -60,28 +69,27 @@ def model_input(lm, img) -> ModelInput:
         raise ValueError("a 3D model cannot run on a 2D image")
     axis = int(pcfg.slice_axis) if (dims == 2 and x.ndim == 4) else -1
     nsp = img.ndim_spatial
-    return ModelInput(x, tuple(img.array.shape[:nsp]), axis, int(getattr(lm.model, "size_divisor", 16)))
+    sitk_ax = nsp - 1 - max(axis, 0)               # spacing is in SimpleITK (x, y, z) order
+    steps = (img.spacing[sitk_ax], work.spacing[sitk_ax]) if nsp == 3 else (1.0, 1.0)
+    return ModelInput(x, tuple(img.array.shape[:nsp]), axis, int(getattr(lm.model, "size_divisor", 16)), steps)
 
 
 def input_batches(mi: ModelInput, indices: Optional[Sequence[int]] = None, batch: int = 8):
-    """Yield ``(work slice indices or None, tensor (B, C, *plane))``, zero-padded at the end of each
-    spatial axis to the model's size divisor (``data.preprocess.pad_to_multiple``)."""
+    """Yield ``(work slice indices or None, tensor (B, C, *plane))``, sliced and zero-padded to the
+    model's size divisor as the grid predictor does (``models.predict.slice_batches``/``pad_center``)."""
     import torch
 
-    from ..data.prepare import pad_to_multiple
+    from ..models.predict import pad_center, slice_batches
 
     def tensor(arr: np.ndarray):
-        padded, _ = pad_to_multiple(arr, mi.divisor, n_spatial=arr.ndim - 2)
+        padded, _ = pad_center(arr, mi.divisor, arr.ndim - 2)
         return torch.as_tensor(np.ascontiguousarray(padded), dtype=torch.float32)
 
     if mi.axis < 0:
         yield None, tensor(mi.x[None])
         return
-    vol = np.moveaxis(mi.x, 1 + mi.axis, 0)                      # (S, C, *plane)
-    idx = list(range(mi.n_slices)) if indices is None else list(indices)
-    for s0 in range(0, len(idx), batch):
-        chunk = idx[s0:s0 + batch]
-        yield chunk, tensor(vol[chunk])
+    for chunk, x in slice_batches(mi.x, mi.axis, batch, indices):
+        yield chunk, tensor(x)
 
 
 def taps_on(model, x, taps: Sequence[str]):
@@ -101,7 +109,7 @@ def to_image_grid(maps, mi: ModelInput, mode: str = "bilinear") -> np.ndarray:
     interp = mode if nd == 2 else ("trilinear" if mode != "nearest" else "nearest")
     kw = {} if interp == "nearest" else {"align_corners": False}
     up = F.interpolate(maps.float(), size=mi.padded_plane, mode=interp, **kw)
-    up = up[(slice(None), slice(None)) + tuple(slice(0, s) for s in mi.work_plane)]
+    up = up[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(mi.pad_before, mi.work_plane))]
     if tuple(up.shape[2:]) != mi.image_plane:
         up = F.interpolate(up, size=mi.image_plane, mode=interp, **kw)
     return up[:, 0].cpu().numpy()
@@ -111,7 +119,7 @@ def feature_to_image_coords(points: np.ndarray, feat_shape: Sequence[int], mi: M
     """Continuous feature-grid coordinates (N, nd) -> image-plane pixel coordinates."""
     pts = np.asarray(points, dtype=float)
     stride = np.asarray(mi.padded_plane, float) / np.asarray(feat_shape, float)
-    work = (pts + 0.5) * stride - 0.5
+    work = (pts + 0.5) * stride - 0.5 - np.asarray(mi.pad_before, float)
     return work * (np.asarray(mi.image_plane, float) / np.asarray(mi.work_plane, float))
 
 
@@ -131,12 +139,12 @@ def plane_taps(lm, img, taps: Sequence[str], position: Sequence[int]) -> Tuple[D
     feats = taps_on(lm.model, x, taps)
     if x.dim() != 5:
         return feats, mi, -1
-    index, n_img, n_work = int(position[0]), mi.image_shape[0], mi.x.shape[1]
+    wi = mi.work_index(int(position[0]), n_work=mi.x.shape[1])
+    before, padded = mi.pad_before[0], mi.padded_plane[0]
     cut = {}
-    for k, v in feats.items():
+    for k, v in feats.items():  # the feature cell nearest the work slice, on the padded grid
         d = v.shape[2]
-        cut[k] = v[:, :, int(np.clip(round((index + 0.5) * d / n_img - 0.5), 0, d - 1))]
-    wi = int(np.clip(round((index + 0.5) * n_work / n_img - 0.5), 0, n_work - 1))
+        cut[k] = v[:, :, int(np.clip(np.floor((wi + before + 0.5) * d / padded), 0, d - 1))]
     return cut, ModelInput(mi.x[:, wi], mi.image_shape[1:], -1, mi.divisor), 0
 
 
@@ -148,8 +156,6 @@ def assemble_volume(parts: List[Tuple[Optional[List[int]], np.ndarray]], mi: Mod
     for idx, maps in parts:
         planes[idx] = maps
     n_img = mi.image_shape[mi.axis]
-    if mi.n_slices != n_img:  # resampled along the slice axis: nearest slice
-        src = np.clip(np.round((np.arange(n_img) + 0.5) * mi.n_slices / n_img - 0.5).astype(int), 0,
-                      mi.n_slices - 1)
-        planes = planes[src]
+    if mi.n_slices != n_img or mi.steps[0] != mi.steps[1]:  # resampled along the slice axis: nearest slice
+        planes = planes[[mi.work_index(i) for i in range(n_img)]]
     return np.moveaxis(planes, 0, mi.axis)

@@ -21,20 +21,34 @@ from .datasets import Case, DatasetSpec, load_dataset, load_label, normalize_mod
 RGB_MODES = ("green", "rgb")
 
 
-def _zscore(x: np.ndarray, percentiles: Tuple[float, float], max_samples: int = 1 << 22) -> np.ndarray:
-    """Clip to the percentiles, then z-score. Statistics of images over ``max_samples`` voxels come
-    from an evenly strided subsample (a 512x512x100 volume: every 7th voxel), which changes them by
-    well under 1 % and makes whole-volume inference several times cheaper."""
-    x = x.astype(np.float32, copy=False)
-    flat = x.reshape(-1)
+ZScoreStats = Tuple[float, float, float, float]   # (lo, hi, mean, std)
+
+
+def zscore_stats(array: np.ndarray, percentiles: Sequence[float], max_samples: int = 1 << 22) -> ZScoreStats:
+    """``(lo, hi, mean, std)`` of the MR / grey normalisation: the ``percentiles`` and the mean and std
+    after clipping to them. Arrays over ``max_samples`` voxels are measured on an evenly strided
+    subsample (a 512x512x100 volume: every 7th voxel), which changes the numbers by well under 1 % and
+    makes whole-volume inference several times cheaper. The one place these statistics are computed:
+    training, ``medkd predict``/``infer`` and Live's ``normalisation_stats`` all call it."""
+    flat = np.asarray(array).astype(np.float32, copy=False).reshape(-1)
     sample = flat[:: int(np.ceil(flat.size / max_samples))] if flat.size > max_samples else flat
-    lo, hi = np.percentile(sample, percentiles)
+    lo, hi = np.percentile(sample, (float(percentiles[0]), float(percentiles[1])))
     clipped = np.clip(sample, lo, hi)
-    mean, std = float(clipped.mean()), float(clipped.std())
-    out = np.clip(x, lo, hi)
+    return float(lo), float(hi), float(clipped.mean()), float(clipped.std())
+
+
+def zscore_apply(x: np.ndarray, stats: ZScoreStats) -> np.ndarray:
+    """Clip ``x`` to ``[lo, hi]``, then ``(x - mean) / std`` (std 0 -> 1); float32 out."""
+    lo, hi, mean, std = stats
+    out = np.clip(x.astype(np.float32, copy=False), np.float64(lo), np.float64(hi))
     out -= mean
     out /= std if std > 1e-8 else 1.0
     return out.astype(np.float32, copy=False)
+
+
+def _zscore(x: np.ndarray, percentiles: Tuple[float, float], max_samples: int = 1 << 22) -> np.ndarray:
+    """Clip to the percentiles, then z-score, with the statistics of :func:`zscore_stats`."""
+    return zscore_apply(x, zscore_stats(x, percentiles, max_samples))
 
 
 def normalize_intensity(array: np.ndarray, modality: str, *, ct_window: Sequence[float] = (-160.0, 240.0),
@@ -276,3 +290,29 @@ def labels_to_source_grid(labels: np.ndarray, work: MedicalImage, img: MedicalIm
     sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, back.shape))
     out[sl] = back[sl]
     return out
+
+
+def work_slice_index(index: int, src_spacing: float, work_spacing: float, n_work: int, clip: bool = True) -> int:
+    """Source slice ``index`` -> the slice of the working grid (after :func:`resample_to_spacing`, which
+    keeps the origin) nearest to it in physical space: ``floor(index * src_spacing / work_spacing + 0.5)``,
+    i.e. rounded half up, as ITK's nearest-neighbour interpolation in :func:`labels_to_source_grid` rounds,
+    so a slice segmented alone is the one the whole-volume mask takes. ``clip``: clamp to ``[0, n_work)``;
+    else -1 for a source slice outside the working grid (where :func:`labels_to_source_grid` gives 0)."""
+    pos = float(index) * float(src_spacing) / float(work_spacing)
+    if not clip and not -0.5 <= pos < n_work - 0.5:
+        return -1
+    return int(min(max(int(np.floor(pos + 0.5)), 0), n_work - 1))
+
+
+def plane_to_source_grid(labels: np.ndarray, work: MedicalImage, img: MedicalImage, axis: int) -> np.ndarray:
+    """A 2D label plane of the working grid (a volume cut along numpy ``axis``) brought back to the
+    plane of ``img``'s grid, as :func:`labels_to_source_grid` does for the whole volume."""
+    if work is img:
+        return labels
+    sitk_ax = img.ndim_spatial - 1 - axis             # spacing is in SimpleITK (x, y, z) order
+    plane = [s for i, s in enumerate(work.spacing) if i != sitk_ax]
+    src_plane = [s for i, s in enumerate(img.spacing) if i != sitk_ax]
+    shape = tuple(s for i, s in enumerate(np.shape(img.array)[: img.ndim_spatial]) if i != axis)
+    ident = (1.0, 0.0, 0.0, 1.0)
+    src = MedicalImage(np.broadcast_to(np.zeros((), np.uint8), shape), src_plane, (0.0, 0.0), ident)
+    return labels_to_source_grid(labels, MedicalImage(labels, plane, (0.0, 0.0), ident), src)

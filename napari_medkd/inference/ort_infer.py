@@ -2,12 +2,12 @@
 
 The ONNX file's metadata (written by ``export.onnx_export``) gives the preprocessing; images go
 through ``train.data.prepare_image`` (the training code path), so inference sees what training saw.
-2D models: whole images up to 1024 x 1024 (padded to the size divisor), larger ones tiled with
-overlap and Gaussian blending; volumes slice by slice in batches. 3D models: 3D sliding window.
+Prediction is the grid predictor of ``models.predict`` (the one torch uses too) around the session:
+whole 2D images up to 1024 x 1024 padded centred to the size divisor, larger ones tiled with overlap
+and Gaussian blending; volumes slice by slice in batches; 3D models: 3D sliding window.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,11 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..card import ModelCard
-from ..data.prepare import PreprocessConfig, labels_to_source_grid, resample_to_spacing
+from ..data.prepare import (PreprocessConfig, labels_to_source_grid, plane_to_source_grid, resample_to_spacing,
+                            work_slice_index, zscore_apply, zscore_stats)
 from ..io.image import MedicalImage
-
-MAX_WHOLE_2D = 1024   # 2D images up to this size run in one go
-ROI_3D = 96           # 3D sliding-window size (as in torch_predict)
+from ..models.predict import GridPredictor, as_labels
 
 
 class OnnxModelError(ValueError):
@@ -79,34 +78,6 @@ def default_providers() -> List[str]:
 
     avail = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail] or avail
-
-
-def _pad_center(x: np.ndarray, div: int, n: int) -> Tuple[np.ndarray, Tuple[slice, ...]]:
-    """Pad the last ``n`` axes to multiples of ``div``, split before/after as MONAI's sliding window does."""
-    pads, crop = [], []
-    for s in x.shape[x.ndim - n:]:
-        diff = (-s) % div
-        pads.append((diff // 2, diff - diff // 2))
-        crop.append(slice(diff // 2, diff // 2 + s))
-    if any(a or b for a, b in pads):
-        x = np.pad(x, [(0, 0)] * (x.ndim - n) + pads)
-    return x, (Ellipsis,) + tuple(crop)
-
-
-def _as_labels(logits: np.ndarray) -> np.ndarray:
-    """``argmax`` over axis 0 (first class on ties), as running comparisons: for the few classes of a
-    segmentation model this is several times faster than ``argmax(0)`` on large arrays."""
-    k = logits.shape[0]
-    labels = np.zeros(logits.shape[1:], np.uint8 if k <= 256 else np.uint16)
-    if k == 2:
-        np.greater(logits[1], logits[0], out=labels, casting="unsafe")
-        return labels
-    best = np.array(logits[0], copy=True)
-    for c in range(1, k):
-        better = logits[c] > best
-        labels[better] = c
-        np.maximum(best, logits[c], out=best)
-    return labels
 
 
 class OrtSegmenter:
@@ -189,26 +160,9 @@ class OrtSegmenter:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
 
-    def _window(self, x: np.ndarray, roi: Tuple[int, ...], batch_size: int) -> np.ndarray:
-        import torch
-        from monai.inferers import sliding_window_inference
-
-        def predictor(t):
-            return torch.from_numpy(self.run(t.numpy()))
-
-        with torch.inference_mode():
-            out = sliding_window_inference(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), roi,
-                                           sw_batch_size=batch_size, predictor=predictor, overlap=0.25,
-                                           mode="gaussian", padding_mode="constant")
-        return out.numpy()
-
-    def _predict_batch_2d(self, x: np.ndarray, batch_size: int) -> np.ndarray:
-        div = self.size_divisor
-        if max(x.shape[2:]) <= MAX_WHOLE_2D:
-            xp, crop = _pad_center(x, div, 2)
-            return self.run(xp)[crop]
-        roi = tuple(min(MAX_WHOLE_2D, int(math.ceil(s / div) * div)) for s in x.shape[2:])
-        return self._window(x, roi, batch_size)
+    def grid(self, batch_size: int = 8) -> GridPredictor:
+        """The grid predictor (slicing, padding, sliding windows) around :meth:`run`."""
+        return GridPredictor(self.run, self.model_dims, self.size_divisor, self.slice_axis, batch_size)
 
     def _check_channels(self, image_cf: np.ndarray, what: str = "image") -> None:
         if image_cf.ndim - 1 not in (2, 3):
@@ -216,35 +170,19 @@ class OrtSegmenter:
         if image_cf.shape[0] != self.in_channels:
             raise ValueError(f"{self.path.name} expects {self.in_channels} input channel(s), but the {what} has "
                              f"{image_cf.shape[0]} (shape {image_cf.shape}); check the image type (grey vs RGB)")
+        if self.model_dims == 3 and image_cf.ndim == 3:
+            raise ValueError(f"{self.path.name} is a 3D model; it cannot segment a 2D image")
 
     def predict_logits(self, image_cf: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Logits ``(K, *spatial)`` for a preprocessed channel-first image ``(C, *spatial)``."""
         self._check_channels(image_cf)
-        img_dims = image_cf.ndim - 1
-        if self.model_dims == 3:
-            if img_dims != 3:
-                raise ValueError(f"{self.path.name} is a 3D model; it cannot segment a 2D image")
-            div = self.size_divisor
-            roi = tuple(min(ROI_3D, int(math.ceil(s / div) * div)) for s in image_cf.shape[1:])
-            return self._window(image_cf[None], roi, batch_size)[0]
-        if img_dims == 2:
-            return self._predict_batch_2d(image_cf[None], batch_size)[0]
-        ax = 1 + self.slice_axis
-        vol = np.moveaxis(image_cf, ax, 0)                 # (S, C, a, b)
-        outs = [self._predict_batch_2d(vol[s:s + batch_size], batch_size) for s in range(0, len(vol), batch_size)]
-        return np.moveaxis(np.concatenate(outs, 0), 0, ax)  # (K, ..., S at slice_axis, ...)
+        return self.grid(batch_size).logits(image_cf)
 
     def predict_labels(self, image_cf: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Labels ``(*spatial)`` of a preprocessed image; a 2D model on a volume takes the argmax per
         batch of slices, so the whole-volume logits are never held in memory."""
         self._check_channels(image_cf)
-        if self.model_dims == 3 or image_cf.ndim == 3:
-            return _as_labels(self.predict_logits(image_cf, batch_size))
-        ax = 1 + self.slice_axis
-        vol = np.moveaxis(image_cf, ax, 0)                 # (S, C, a, b)
-        outs = [_as_labels(np.moveaxis(self._predict_batch_2d(vol[s:s + batch_size], batch_size), 1, 0))
-                for s in range(0, len(vol), batch_size)]   # each (B, a, b)
-        return np.moveaxis(np.concatenate(outs, 0), 0, self.slice_axis)
+        return self.grid(batch_size).labels(image_cf)
 
     # -- images -----------------------------------------------------------------------------------
     def _prepare(self, img: MedicalImage) -> Tuple[np.ndarray, MedicalImage]:
@@ -279,46 +217,41 @@ class OrtSegmenter:
         img, work, image_cf = c["img"], c["work"], c["image"]
         if img.ndim_spatial == 2 or self.model_dims == 3:  # whole image / 3D context: segment once, then slice
             if c["labels"] is None:
-                c["labels"] = labels_to_source_grid(_as_labels(self.predict_logits(image_cf)), work, img)
+                c["labels"] = labels_to_source_grid(self.predict_labels(image_cf), work, img)
             labels = c["labels"] if img.ndim_spatial == 2 else np.take(c["labels"], index, axis=self.slice_axis)
             return SliceResult(labels, 1000.0 * (time.perf_counter() - t0))
         ax = self.slice_axis
-        n_src = np.shape(img.array)[ax]
+        n_src, n_work = np.shape(img.array)[ax], image_cf.shape[1 + ax]
         if not 0 <= index < n_src:
             raise IndexError(f"slice {index} is outside 0..{n_src - 1}")
         sitk_ax = img.ndim_spatial - 1 - ax           # spacing is in SimpleITK (x, y, z) order
-        j = index if work is img else int(round(index * img.spacing[sitk_ax] / work.spacing[sitk_ax]))
-        j = min(max(j, 0), image_cf.shape[1 + ax] - 1)
-        labels = _as_labels(self.predict_logits(np.take(image_cf, j, axis=1 + ax)))
-        if work is not img:
-            plane = [s for i, s in enumerate(work.spacing) if i != sitk_ax]
-            src_plane = [s for i, s in enumerate(img.spacing) if i != sitk_ax]
-            tmp = MedicalImage(labels, plane, (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
-            back = resample_to_spacing(tmp, src_plane, is_label=True).array
+        j = index if work is img else work_slice_index(index, img.spacing[sitk_ax], work.spacing[sitk_ax],
+                                                       n_work, clip=False)
+        if j < 0:  # beyond the working grid: the whole-volume mask is empty there too
             shape = [s for i, s in enumerate(np.shape(img.array)[:3]) if i != ax]
-            labels = np.zeros(shape, labels.dtype)
-            sl = tuple(slice(0, min(a, b)) for a, b in zip(shape, back.shape))
-            labels[sl] = back[sl]
+            return SliceResult(np.zeros(shape, np.uint8 if self.num_classes <= 256 else np.uint16),
+                               1000.0 * (time.perf_counter() - t0))
+        labels = self.predict_labels(np.take(image_cf, j, axis=1 + ax))
+        labels = plane_to_source_grid(labels, work, img, ax)
         return SliceResult(labels, 1000.0 * (time.perf_counter() - t0))
 
     def normalisation_stats(self, img: MedicalImage) -> Optional[IntensityStats]:
-        """Whole-volume MR/grey normalisation statistics for :meth:`segment_slice` (None for CT/RGB)."""
+        """Whole-volume MR/grey normalisation statistics for :meth:`segment_slice` (None for CT/RGB):
+        exactly those ``prepare_image`` uses (``data.prepare.zscore_stats``, same resampling)."""
         if self.pcfg.modality not in ("MR", "grey"):
             return None
         if self.pcfg.target_spacing and img.ndim_spatial == len(self.pcfg.target_spacing):
             img = resample_to_spacing(img, self.pcfg.target_spacing, is_label=False)  # as prepare_image does
-        arr = np.asarray(img.array, dtype=np.float32)
+        arr = np.asarray(img.array)
         if arr.ndim == img.ndim_spatial + 1:
-            arr = arr[..., :3].mean(axis=-1)
-        lo, hi = np.percentile(arr, self.pcfg.percentiles)
-        clipped = np.clip(arr, lo, hi)
-        return IntensityStats(float(lo), float(hi), float(clipped.mean()), float(clipped.std()))
+            arr = arr[..., :3].astype(np.float32).mean(axis=-1)  # as preprocess_image does
+        return IntensityStats(*zscore_stats(arr, self.pcfg.percentiles))
 
     def segment_slice(self, slice_2d_raw: np.ndarray, stats: Optional[IntensityStats] = None) -> SliceResult:
         """Segment one raw 2D slice (grey ``(y, x)`` or RGB ``(y, x, 3)``), taken to be at the model's spacing.
 
         Without ``stats`` the slice is normalised alone (exact for 2D-image models); with ``stats`` from
-        :meth:`normalisation_stats` of its volume it is normalised as the whole volume would be.
+        :meth:`normalisation_stats` of its volume it is normalised as the whole volume is.
         """
         from ..data.prepare import prepare_image
 
@@ -327,14 +260,13 @@ class OrtSegmenter:
         if self.model_dims != 2:
             raise ValueError(f"{self.path.name} is a 3D model; segment whole volumes with segment()")
         if stats is not None and self.pcfg.modality in ("MR", "grey"):
-            a = raw[..., :3].astype(np.float32).mean(-1) if raw.ndim == 3 else raw.astype(np.float32)
-            std = stats.std if stats.std > 1e-8 else 1.0
-            image_cf = ((np.clip(a, stats.lo, stats.hi) - stats.mean) / std).astype(np.float32)[None]
+            a = raw[..., :3].astype(np.float32).mean(-1) if raw.ndim == 3 else raw
+            image_cf = zscore_apply(a, (stats.lo, stats.hi, stats.mean, stats.std))[None]
         else:
             img = MedicalImage(raw, (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
             image_cf, _ = prepare_image(img, PreprocessConfig.from_dict({**self.pcfg.to_dict(), "target_spacing": None}))
         self._check_channels(image_cf, "slice")
-        labels = _as_labels(self.predict_logits(image_cf))
+        labels = self.predict_labels(image_cf)
         return SliceResult(labels, 1000.0 * (time.perf_counter() - t0))
 
 
