@@ -20,7 +20,7 @@ from ..card import ModelCard
 from ..data.prepare import (PreprocessConfig, labels_to_source_grid, plane_to_source_grid, resample_to_spacing,
                             work_slice_index, zscore_apply, zscore_stats)
 from ..io.image import MedicalImage
-from ..models.predict import GridPredictor, as_labels
+from ..models.predict import GridPredictor
 
 
 class OnnxModelError(ValueError):
