@@ -31,7 +31,7 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run in RUN_DIR")
 
 
-def _config_from_args(args) -> "RunConfig":
+def _config_from_args(args) -> "RunConfig":  # noqa: F821 - imported inside
     from .config import RunConfig, load_config
 
     cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
@@ -207,10 +207,11 @@ def cmd_bench(args) -> int:
 def cmd_pipeline(args) -> int:
     from .workflows.pipeline import run_pipeline
 
-    run_pipeline(Path(args.data), Path(args.out), minutes_teacher=args.teacher_minutes,
-                 minutes_student=args.student_minutes, method=args.method, minutes_distill=args.distill_minutes,
-                 teacher=args.teacher, student=args.student, export=not args.no_export, overwrite=args.overwrite,
-                 log=print)
+    run_pipeline(Path(args.data), Path(args.out), teacher_iterations=args.teacher_iterations,
+                 student_iterations=args.student_iterations, method=args.method,
+                 distill_iterations=args.distill_iterations, teacher=args.teacher, student=args.student,
+                 labelled=None if args.labelled <= 0 else args.labelled, export=not args.no_export,
+                 overwrite=args.overwrite, log=print)
     return 0
 
 
@@ -302,9 +303,11 @@ def _add_pipeline(sub) -> None:
                                         "evaluation, ONNX export and report")
     p.add_argument("--data", default=str(sample_data_dir("hippocampus")), help="default: the packaged sample")
     p.add_argument("--out", default="medkd_out")
-    p.add_argument("--teacher-minutes", type=float, default=1.5)
-    p.add_argument("--student-minutes", type=float, default=0.75)
-    p.add_argument("--distill-minutes", type=float, help="default: as --student-minutes")
+    p.add_argument("--teacher-iterations", type=int, default=900)
+    p.add_argument("--student-iterations", type=int, default=600)
+    p.add_argument("--distill-iterations", type=int, help="default: as --student-iterations")
+    p.add_argument("--labelled", type=int, default=2,
+                   help="labelled training cases the students get (the teacher gets all); 0: all")
     p.add_argument("--teacher", default="unet")
     p.add_argument("--student", default="unet_tiny")
     p.add_argument("--method", default="logit_kd", help="distillation preset for the third model ('none': skip)")

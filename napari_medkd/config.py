@@ -31,6 +31,9 @@ class DataConfig:
     augment: bool = True
     unlabelled_root: Optional[str] = None   # images without masks (semi-supervised distillation)
     labelled_fraction: float = 1.0          # share of training cases whose labels are used
+    labelled_cases: Optional[int] = None    # or this many labelled training cases (the rest unlabelled)
+    labelled_share: float = 0.5             # share of labelled samples in each distillation batch when
+    #                                         some cases are unlabelled (methods.md §2.2: half and half)
 
 
 @dataclass
@@ -63,6 +66,12 @@ class DistillConfig:
     terms: Optional[List[Dict[str, Any]]] = None  # [{name, weight, params}] overrides the preset
     stage_iterations: Dict[str, int] = field(default_factory=dict)
     cache_teacher: bool = False
+    # loss balancing (distill/balance.py): each term's weight set once so its gradient is grad_ratio
+    # (or the term's own ratio) times the segmentation gradient, and ramped in over the warm-up shares
+    balance: str = "grad"                   # grad | none (keep the preset weights)
+    grad_ratio: float = 0.5
+    balance_batches: int = 4
+    warmup: Optional[List[float]] = field(default_factory=lambda: [0.2, 0.6])
 
 
 @dataclass

@@ -259,3 +259,31 @@ def test_a_results_folder_is_re_rendered_from_its_csv(tmp_path):
     assert "Δ vs alone (in)" in md and "no headroom" in md
     back = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert math.isnan(float(back[2]["gap_closed_in"])) and abs(float(back[2]["delta_in"]) + 0.01) < 1e-9
+
+
+def test_named_teacher_is_trained_once_and_shared_and_students_get_their_own_data(tiny_vessels, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Two suites naming the same teacher train it once (``RESULTS/teachers/<preset>/<name>``); the label-scarce
+    suite's ``student_data`` reaches the students only, the teacher keeps every label."""
+    import napari_medkd.workflows.bench as bench
+    from napari_medkd.config import load_config
+
+    monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
+    results = tmp_path / "results"
+    for name, extra in (("full", {}), ("scarce", {"student_data": {"labelled_cases": 1}})):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": name, "data": str(tiny_vessels), "teacher": {"model": "unet_tiny", "name": "shared_t"},
+            "student": "unet_tiny", "methods": ["none", "logit_kd"], "seeds": [0], "data_options": {"patch_size": 32},
+            "presets": {"cpu": {"teacher": {"iterations": 3, "batch_size": 2, "val_every": 3},
+                                "train": {"iterations": 2, "batch_size": 2, "val_every": 2}}}, **extra}), encoding="utf-8")
+        assert main(["bench", "--suite", str(path), "--preset", "cpu", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    teacher = results / "teachers" / "cpu" / "shared_t"
+    assert (teacher / "best.pt").exists() and not (results / "scarce" / "cpu" / "runs" / "teacher").exists()
+    assert out.count("train shared_t") == 1 and "reuse shared_t" in out
+    assert load_config(teacher / "config.yaml").data.labelled_cases is None
+    kd = load_config(results / "scarce" / "cpu" / "runs" / "logit_kd_s0" / "config.yaml")
+    assert kd.data.labelled_cases == 1 and kd.distill.teacher == str(teacher)
+    md = (results / "scarce" / "cpu" / "results.md").read_text(encoding="utf-8")
+    assert "Headroom on validation" in md

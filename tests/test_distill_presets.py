@@ -136,9 +136,13 @@ def test_semi_supervised_unlabelled_samples_only_feed_distillation(teacher_run, 
     torch.manual_seed(0)
     batch = {"image": torch.randn(2, 1, 32, 32), "label": torch.ones(2, 32, 32, dtype=torch.long),
              "labelled": torch.tensor([False, False])}
+    task.set_progress(1.0)  # past the warm-up: the term at its full weight
     loss, log = task.compute(batch, student)
-    assert log["seg"] == 0.0 and log["logit_kd"] > 0
+    assert log["seg"] == 0.0 and log["logit_kd"] > 0 and log["logit_kd.w"] == 1.0
     assert abs(float(loss) - log["logit_kd"]) < 1e-5
+    task.set_progress(0.0)  # inside the warm-up (distill.warmup [0.2, 0.6]): the term is off
+    loss, log = task.compute(batch, student)
+    assert log["logit_kd.w"] == 0.0 and float(loss) == 0.0
     batch["labelled"] = torch.tensor([True, False])
     _, log = task.compute(batch, student)
     assert log["seg"] > 0
@@ -149,7 +153,7 @@ def test_only_output_methods_need_only_the_teachers_outputs():
     feature-tapping term overrides and a method without terms cannot."""
     from napari_medkd.distill.task import needs_only_outputs
 
-    assert [m for m in sorted(METHODS.names()) if needs_only_outputs(m)] == ["cwd", "logit_kd"]
+    assert [m for m in sorted(METHODS.names()) if needs_only_outputs(m)] == ["cwd", "logit_kd", "logit_kd_cb", "pseudo_label"]
     assert needs_only_outputs("mskd", [{"name": "logit_kd", "weight": 2.0}])
     assert not needs_only_outputs("logit_kd", [{"name": "cwd", "params": {"taps": ["enc_high"]}}])
     assert not needs_only_outputs("none")

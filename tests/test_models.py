@@ -4,6 +4,7 @@ The contract tests run for every name in ``MODELS.names()`` (role and dims from 
 a new model file is tested with no edit here. ``PAPER`` holds the published values of the known models."""
 from __future__ import annotations
 
+import sys
 import warnings
 
 import pytest
@@ -31,6 +32,10 @@ PAPER = {  # published values of the known models -- name: (role, dims, {tap: st
     "unet3d": ("teacher", 3, {"enc_low": 2, "enc_high": 8, "bottleneck": 16, "dec_low": 2}),
     "unet3d_tiny": ("student", 3, {"enc_low": 2, "enc_high": 8, "bottleneck": 16, "dec_low": 2}),
 }
+for _entry in PAPER.values():  # Graph Flow's cross-layer pair sits at H/4 (methods.md §2.2)
+    _entry[2].update(enc_mid=4, dec_mid=4)
+#: models whose stride-4 encoder and decoder taps cannot have equal channels (class-space decoder)
+NO_EQUAL_MID_PAIR = {"espnet"}
 PARAM_RANGES = {
     "unet": (2_000_000, 10_000_000), "attention_unet": (2_000_000, 12_000_000), "unet3d": (2_000_000, 10_000_000),
     "unet_tiny": (10_000, 100_000), "unet3d_tiny": (10_000, 100_000), "enet": (300_000, 400_000),
@@ -97,6 +102,7 @@ def test_decode_of_encode_equals_forward_and_taps_are_consistent(name):
     for tap, stride in strides.items():
         assert feats[tap].shape[2:] == (side // stride,) * dims, (tap, feats[tap].shape)
     assert feats["enc_low"].shape[2:] == feats["dec_low"].shape[2:]
+    assert feats["enc_mid"].shape[2:] == feats["dec_mid"].shape[2:] == (side // 4,) * dims
     # decode really starts from the given bottleneck (a swapped-in one changes the logits)
     b = bottleneck.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(model.decode(b, skips).square().sum(), b)
@@ -129,6 +135,24 @@ def test_paper_tap_channels():
     assert t["mobilenetv2_unet"]["bottleneck"].channels == 1280
     assert (t["erfnet"]["enc_low"].channels, t["erfnet"]["dec_low"].channels) == (64, 64)
     assert t["unet"]["enc_low"].channels == t["unet"]["dec_low"].channels
+    assert (t["unet"]["enc_mid"].channels, t["unet"]["dec_mid"].channels) == (128, 128)
+    assert (t["mobilenetv2_unet"]["enc_mid"].channels, t["mobilenetv2_unet"]["dec_mid"].channels) == (24, 24)
+    assert (t["enet"]["enc_mid"].channels, t["erfnet"]["dec_mid"].channels) == (64, 64)
+    assert (t["espnet"]["enc_mid"].channels, t["espnet"]["dec_mid"].channels) == (129, 2)  # class-space decoder
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stride4_pair_has_equal_channels_unless_documented(name):
+    """enc_mid/dec_mid: one encoder and one decoder tap at H/4 with one channel count (Graph Flow's pair);
+    a model that cannot offer it is listed in NO_EQUAL_MID_PAIR and says so in its module docstring."""
+    model = build_model(name, in_channels=1, num_classes=3)
+    info = tap_info(model, 1, size=32)
+    assert info["enc_mid"].stride == info["dec_mid"].stride == 4
+    if name in NO_EQUAL_MID_PAIR:
+        assert info["enc_mid"].channels != info["dec_mid"].channels
+        assert "No equal-channel" in (sys.modules[type(model).__module__].__doc__ or "")
+    else:
+        assert info["enc_mid"].channels == info["dec_mid"].channels
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_RANGES))

@@ -20,11 +20,23 @@ def ascii_locale():
 
 def test_pipeline_writes_report_figure_and_onnx(tiny_msd, tmp_path, ascii_locale):
     out = tmp_path / "out"
-    summary = run_pipeline(tiny_msd, out, minutes_teacher=0.03, minutes_student=0.02, teacher="unet_tiny",
-                           student="unet_tiny", method="logit_kd", log=lambda s: None)
+    summary = run_pipeline(tiny_msd, out, teacher_iterations=6, student_iterations=4, teacher="unet_tiny",
+                           student="unet_tiny", method="logit_kd", labelled=1, teacher_kwargs={},
+                           log=lambda s: None)
     report = (out / "report.md").read_text(encoding="utf-8")
     for row in ("teacher (unet_tiny)", "student (unet_tiny)", "student + logit_kd"):
         assert row in report
+    assert "both students saw 1 labelled training case(s)" in report and "vs alone)" in report
+    assert summary["labelled"] == 1 and summary["iterations"] == {"teacher": 6, "student": 4, "distilled": 4}
+    # the students saw one labelled case; the distilled one also the other training images, unlabelled
+    from napari_medkd.train.events import read_events
+
+    starts = {r: next(e for e in read_events(out / r / "events.jsonl") if e["event"] == "start")
+              for r in ("teacher", "student", "distilled")}
+    assert starts["teacher"]["labelled_cases"] == starts["teacher"]["train_cases"]
+    assert starts["student"]["labelled_cases"] == 1 and starts["student"]["sampled_cases"] == 1
+    assert starts["distilled"]["labelled_cases"] == 1
+    assert starts["distilled"]["sampled_cases"] == starts["distilled"]["train_cases"] > 1
     assert "ONNX student" in report and "ms per slice" in report
     assert (out / "comparison.png").stat().st_size > 10_000
     assert (out / "student.onnx").is_file()
@@ -32,7 +44,7 @@ def test_pipeline_writes_report_figure_and_onnx(tiny_msd, tmp_path, ascii_locale
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["test"]
     # a rerun replaces its own folder only with overwrite
     with pytest.raises(FileExistsError):
-        run_pipeline(tiny_msd, out, minutes_teacher=0.01, minutes_student=0.01, teacher="unet_tiny",
+        run_pipeline(tiny_msd, out, teacher_iterations=2, student_iterations=2, teacher="unet_tiny",
                      method="none", export=False, log=lambda s: None)
 
 

@@ -263,13 +263,15 @@ def test_mskd_hand_values():
     lg = torch.zeros(1, 2, 1, 2)
     pi = [0.5, 1 / (1 + math.exp(-2.0))]
     w0 = pi[0] ** gamma / ((pi[0] ** gamma + pi[1] ** gamma) / 2)
-    got = _single("mskd_ffd", {"taps": ("dec_low",)}, {"dec_low": fs, "logits": lg}, {"dec_low": ft, "logits": lg})
+    # normalize=False: the unnormalised maps these hand values use (the scale-free default: test_terms_departures)
+    got = _single("mskd_ffd", {"taps": ("dec_low",), "normalize": False}, {"dec_low": fs, "logits": lg},
+                  {"dec_low": ft, "logits": lg})
     assert got == pytest.approx(w0 / 2, rel=1e-5)
     # RGD, 2 pixel nodes: teacher (1,0),(0,1) -> m = (.5,.5), cos 0; student (1,0),(1,0) -> m = w0' twice, cos 1
     ft = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)
     fs = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).T.reshape(1, 2, 1, 2)
     ws = math.e / (1 + math.e)
-    got = _single("mskd_rgd", {"taps": ("dec_low",), "patch": 1},
+    got = _single("mskd_rgd", {"taps": ("dec_low",), "patch": 1, "normalize": False},
                   {"dec_low": fs, "logits": lg}, {"dec_low": ft, "logits": lg})
     assert got == pytest.approx((ws - 0.5) ** 2 + 0.5, rel=1e-5)
 

@@ -71,7 +71,8 @@ def test_registered_with_defaults():
     meta = TERMS.meta("graph_flow")
     assert meta["defaults"]["p"] == 3 and meta["defaults"]["reduction"] == "mean"
     assert meta["weights_by_reduction"]["sum"] == (1e-5, 1e-9)
-    assert GraphFlowTerm.TAPS == ("enc_low", "dec_low") and GraphFlowTerm.PRETRAIN_STAGE == "paraphraser"
+    assert meta["defaults"]["normalize"] is True and meta["defaults"]["taps"] is None
+    assert GraphFlowTerm.TAPS == ("enc_mid", "dec_mid") and GraphFlowTerm.PRETRAIN_STAGE == "paraphraser"
 
 
 def test_paraphraser_architecture():
@@ -86,7 +87,8 @@ def test_paraphraser_architecture():
 
 
 def test_hand_computed_two_nodes():
-    """Constant 3x3 patches -> two nodes per tap; values worked out by hand."""
+    """Constant 3x3 patches -> two nodes per tap; values worked out by hand (unnormalised vertices, the
+    paper's variant; the normalised hand value is in test_terms_departures.py)."""
     def tap(v1, v2):  # (1, 2, 3, 6): node 1 = columns 0-2, node 2 = columns 3-5
         t = torch.zeros(1, 2, 3, 6)
         t[0, :, :, :3] = torch.tensor(v1, dtype=torch.float32)[:, None, None]
@@ -98,12 +100,13 @@ def test_hand_computed_two_nodes():
     r = 1 / math.sqrt(2)
     # dV^T = [(0,1), (1,-1)], dV^S = [(0,0), (-1,1)] -> squared differences 0+1+4+4 = 9
     # dA^T = [[0,r],[r,0]], dA^S = [[0,-1],[-1,0]] -> 2 (1 + r)^2
-    mean_term = GraphFlowTerm(info, info, 2, use_paraphraser=False, lambda_vertex=2.0, lambda_edge=3.0)
+    mean_term = GraphFlowTerm(info, info, 2, use_paraphraser=False, lambda_vertex=2.0, lambda_edge=3.0,
+                              normalize=False)
     value = mean_term(ctx)
     assert mean_term.last_parts["vertex"].item() == pytest.approx(9 / 4)
     assert mean_term.last_parts["edge"].item() == pytest.approx(2 * (1 + r) ** 2 / 4)
     assert value.item() == pytest.approx(2 * 9 / 4 + 3 * 2 * (1 + r) ** 2 / 4)
-    sum_term = GraphFlowTerm(info, info, 2, use_paraphraser=False, reduction="sum")
+    sum_term = GraphFlowTerm(info, info, 2, use_paraphraser=False, reduction="sum", normalize=False)
     value = sum_term(ctx)
     assert sum_term.last_parts["vertex"].item() == pytest.approx(9)
     assert value.item() == pytest.approx(1e-5 * 9 + 1e-9 * 2 * (1 + r) ** 2)

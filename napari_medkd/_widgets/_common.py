@@ -39,7 +39,7 @@ TOOLTIPS: Dict[str, str] = {
     "fov": "Optional field-of-view labels layer: pixels outside it are ignored (as in `medkd evaluate`).",
     "graph": "Patch nodes: max-pooled feature patches (SKD pair-wise, Graph Flow, MSKD). Class regions: "
              "masked-mean prototypes of the teacher's predicted classes (EMKD RAD, MSKD class graph).",
-    "tap": "Feature tap of both models (enc_low, enc_high, bottleneck, dec_low).",
+    "tap": "Feature tap of both models (enc_low, enc_mid, enc_high, bottleneck, dec_mid, dec_low).",
     "top_k": "Draw only the k strongest edges so the graph stays readable.",
     "onnx": "An exported student (.onnx, e.g. from `medkd export`).",
     "live": "Segment the slice in view whenever you scroll (debounced, stale results dropped).",

@@ -23,7 +23,7 @@ import numpy as np
 from .features import assemble_volume, input_batches, model_input, taps_on, to_image_grid
 from .fsd_probe import load_run_msan
 
-TAPS = ("bottleneck", "enc_high", "enc_low", "dec_low")
+TAPS = ("bottleneck", "enc_high", "enc_mid", "enc_low", "dec_mid", "dec_low")
 
 
 def local_cosine(a, b, k: int = 3, eps: float = 1e-8):

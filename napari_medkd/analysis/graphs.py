@@ -20,7 +20,7 @@ import numpy as np
 from .features import feature_to_image_coords, plane_taps
 
 GRAPH_TYPES = ("patch nodes (SKD / Graph Flow / MSKD)", "class-region prototypes (EMKD / MSKD class)")
-TAPS = ("bottleneck", "enc_high", "enc_low", "dec_low")
+TAPS = ("bottleneck", "enc_high", "enc_mid", "enc_low", "dec_mid", "dec_low")
 SIDES = ("teacher", "student", "difference")
 
 

@@ -20,6 +20,7 @@ class TermSpec:
     weight: float = 1.0
     params: Dict[str, Any] = field(default_factory=dict)
     label: Optional[str] = None
+    ratio: Optional[float] = None   # target gradient ratio to the segmentation loss (distill/balance.py)
 
 
 def _accepts(fn, name: str) -> bool:
@@ -39,6 +40,8 @@ def build_terms(specs: List[TermSpec], teacher_info, student_info, num_classes,
         if spatial_dims != 2 and "spatial_dims" not in params and _accepts(cls, "spatial_dims"):
             params["spatial_dims"] = spatial_dims
         term = cls(teacher_info, student_info, num_classes, **params)
+        if s.ratio is not None:
+            term.balance_ratio = float(s.ratio)
         out.append((s.label or s.name, float(s.weight), term))
     return out
 
@@ -55,6 +58,11 @@ def _preset(name: str, paper: str, specs: List[TermSpec], description: str) -> N
 _preset("none", "-", [], "the student alone (segmentation loss only)")
 _preset("logit_kd", "Hinton et al. 2015", [TermSpec("logit_kd", 1.0, {"tau": 1.0})],
         "per-pixel KL between softened teacher and student outputs (tau 1, weight 1, CIRKD convention)")
+_preset("pseudo_label", "Lee 2013", [TermSpec("pseudo_label", 1.0)],
+        "offline pseudo-labels: Dice + CE on the teacher's hard predictions of the unlabelled images "
+        "(the label-scarce baseline)")
+_preset("logit_kd_cb", "Hinton et al. 2015 + class balancing", [TermSpec("logit_kd", 1.0, {"class_balanced": True})],
+        "logit KD with each pixel weighted by the inverse batch frequency of the teacher's class")
 _preset("attention_transfer", "Zagoruyko & Komodakis 2017", [TermSpec("attention_transfer", 1.0, {"p": 2})],
         "attention maps of the encoder taps")
 # The adversarial (WGAN-GP) terms are off in the default presets, as methods.md §6.7 advises (the
@@ -67,6 +75,10 @@ _preset("skd_adv", "Liu et al. CVPR 2019", [
     "structured KD, the paper's full recipe: pixel-wise, pair-wise and holistic (WGAN-GP, 0.1) distillation")
 _preset("cwd", "Shu et al. ICCV 2021", [TermSpec("cwd", 3.0, {"tau": 4.0})],
         "channel-wise distillation on logits (tau 4, weight 3)")
+_preset("cwd_feat", "Shu et al. ICCV 2021", [
+    TermSpec("cwd", 3.0, {"tau": 4.0}), TermSpec("cwd", 50.0, {"tau": 4.0, "tap": "dec_low"}, label="cwd_feat")],
+    "channel-wise distillation on logits (tau 4, weight 3) and on the last decoder feature through a 1x1 "
+    "adapter (tau 4, weight 50, CIRKD); logit CWD alone cannot teach the per-pixel foreground decision")
 _preset("ifvd", "Wang et al. ECCV 2020", [TermSpec("ifvd", 20.0), TermSpec("logit_kd", 1.0)],
         "intra-class feature variation distillation (weight 20) plus logit KD")
 _preset("emkd", "Qin et al. TMI 2021", [
@@ -83,7 +95,7 @@ _preset("graph_flow_adv", "Zou et al. TMI 2023", [
     "Graph Flow, the paper's full recipe: paraphraser, graph flow (mean reduction), WGAN-GP adversarial (0.1) "
     "and logit KD (1)")
 _preset("graph_flow_paper", "Zou et al. TMI 2023", [
-    TermSpec("graph_flow", 1.0, {"reduction": "sum"}), TermSpec("gf_adversarial", 0.1),
+    TermSpec("graph_flow", 1.0, {"reduction": "sum", "normalize": False}), TermSpec("gf_adversarial", 0.1),
     TermSpec("logit_kd", 1.0, {"tau": 1.0})],
     "Graph Flow as published: summed graph losses (vertex 1e-5, edge 1e-9) and WGAN-GP adversarial (0.1)")
 

@@ -21,6 +21,7 @@ from ..card import ModelCard
 from ..models.taps import FeatureTaps
 from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.tasks import SupervisedTask
+from .balance import calibrated_weights, measure, ramp, ratio_table
 from .methods import TermSpec, build_terms
 from .terms.base import KDContext, StageContext
 
@@ -40,13 +41,45 @@ def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, ModelCard]:
     return teacher, lm.card
 
 
+#: preprocessing settings a teacher and its student must share (``PreprocessConfig`` keys); ``ct_window``
+#: only matters for CT and ``slice_axis`` only when the teacher is a 2D model run over volumes
+_SHARED_PREPROCESS = ("modality", "rgb_mode", "percentiles", "target_spacing", "ct_window", "slice_axis")
+
+
+def _preprocess_mismatch(teacher: Dict[str, Any], student: Dict[str, Any], teacher_dims: int) -> List[str]:
+    out = []
+    for key in _SHARED_PREPROCESS:
+        if key not in teacher or key not in student:
+            continue
+        if key == "ct_window" and student.get("modality") != "CT":
+            continue
+        if key == "rgb_mode" and student.get("modality") != "RGB":
+            continue
+        if key == "slice_axis" and teacher_dims != 2:
+            continue
+        a, b = teacher[key], student[key]
+        same = (a is None and b is None) or (a is not None and b is not None and
+                                             np.allclose(np.atleast_1d(a).astype(float), np.atleast_1d(b).astype(float))
+                                             if key in ("percentiles", "target_spacing", "ct_window") else a == b)
+        if not same:
+            out.append(f"{key}: teacher {a!r}, this run {b!r}")
+    return out
+
+
 def check_compatible(teacher: ModelCard, num_classes: int, in_channels: int, preprocess: Dict) -> None:
+    """Refuse a teacher that would be fed input unlike what it was trained on: other classes, other input
+    channels, or other preprocessing (normalisation, RGB mode, spacing, slicing), naming each difference."""
     if teacher.num_classes != num_classes:
         raise DistillError(f"the teacher predicts {teacher.num_classes} classes but the data set has "
                            f"{num_classes}")
     if teacher.in_channels != in_channels:
         raise DistillError(f"the teacher takes {teacher.in_channels} input channel(s) but the data gives "
                            f"{in_channels}; use the teacher's preprocessing (rgb_mode)")
+    diffs = _preprocess_mismatch(dict(teacher.preprocess or {}), dict(preprocess or {}), int(teacher.model_dims or 2))
+    if diffs:
+        raise DistillError("the teacher was trained with other preprocessing than this run uses ("
+                           + "; ".join(diffs) + "); set the same data options as the teacher's run "
+                           "(its config.yaml) so it sees the input it knows")
 
 
 class DistillTask(SupervisedTask):
@@ -54,10 +87,18 @@ class DistillTask(SupervisedTask):
 
     def __init__(self, student, num_classes: int, teacher, terms: List[Tuple[str, float, Any]],
                  run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0,
-                 cache_teacher: bool = False):
+                 cache_teacher: bool = False, balance: str = "none", grad_ratio: float = 0.5,
+                 warmup: Optional[List[float]] = None, balance_batches: int = 4):
         super().__init__(student, num_classes)
+        if balance not in ("none", "grad"):
+            raise DistillError(f"distill.balance must be 'none' or 'grad', got {balance!r}")
         self.teacher = teacher
         self.terms = terms
+        self.balance, self.grad_ratio, self.balance_batches = balance, float(grad_ratio), int(balance_batches)
+        self.warmup = list(warmup) if warmup else None
+        ramp(0.0, self.warmup)  # fails early on a bad warm-up
+        self.weights: Dict[str, float] = {label: float(w) for label, w, _ in terms}
+        self.calibrated = False
         self.run_dir = Path(run_dir)
         self.stage_iterations = dict(stage_iterations or {})
         self.seg_weight = seg_weight
@@ -120,10 +161,13 @@ class DistillTask(SupervisedTask):
         seg = self.segmentation_loss(ctx.s["logits"], batch["label"], ctx.labelled)
         total = self.seg_weight * seg
         log = {"seg": float(seg.detach())}
-        for label, weight, term in self.terms:
+        r = ramp(self.progress, self.warmup)
+        for label, _, term in self.terms:
             value = term(ctx)
+            weight = self.weights[label] * r
             total = total + weight * value
             log[label] = float(value.detach())
+            log[f"{label}.w"] = weight
             for part, v in (getattr(term, "last_parts", None) or {}).items():
                 log[f"{label}.{part}"] = float(v)
         self._last_ctx = ctx
@@ -152,6 +196,7 @@ class DistillTask(SupervisedTask):
         from ..models.predict import predict_logits
 
         sampler, emit = ctx["sampler"], ctx["emit"]
+        sampler.pad_to_patch()  # patches never reach past the cached logits: no blank targets on padding
         t0 = time.time()
         emit("stage", name="teacher_cache", status="start", cases=len(sampler.cases))
         cached = [predict_logits(self.teacher, c.image, device=ctx["device"], slice_axis=sampler.axis)
@@ -161,10 +206,56 @@ class DistillTask(SupervisedTask):
         emit("stage", name="teacher_cache", status="done", seconds=round(time.time() - t0, 2), megabytes=round(mb, 1))
 
     def prepare(self, ctx) -> None:
-        stages_dir = self.run_dir / "stages"
-        emit, sampler, device = ctx["emit"], ctx["sampler"], ctx["device"]
         if self.cache_teacher:
             self._build_teacher_cache(ctx)
+        if self._pretrain_stages(ctx) and self.balance == "grad" and not self.calibrated:
+            self.calibrate(ctx)
+
+    def term_ratio(self, label: str, term) -> float:
+        """The target ``||grad(w L_term)|| / ||grad L_seg||`` of a term (see ``distill/balance.py``)."""
+        for r in (getattr(term, "balance_ratio", None), getattr(type(term), "BALANCE_RATIO", None)):
+            if r is not None:
+                return float(r)
+        return self.grad_ratio
+
+    def gradient_norms(self, batches) -> Dict[str, Dict[str, float]]:
+        """Mean gradient norms (on the student's own parameters) of the segmentation loss and of each term
+        at weight 1, with cosines, over ``batches``; the student's batch-norm statistics are left as found."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        buffers = {k: v.clone() for k, v in self.model.state_dict().items() if not k.endswith("weight")
+                   and not k.endswith("bias")}
+
+        def parts(batch):
+            c = self._forward(batch, self.model)
+            return self.segmentation_loss(c.s["logits"], batch["label"], c.labelled), \
+                {label: term(c) for label, _, term in self.terms}
+
+        self.model.train()
+        try:
+            return measure(parts, batches, params)
+        finally:
+            self.model.load_state_dict(buffers, strict=False)
+
+    def calibrate(self, ctx) -> None:
+        """Set each term's weight from its gradient norm (``distill.balance = grad``), once, and log it."""
+        device, bs = ctx["device"], ctx["cfg"].train.batch_size
+        batches = [{k: torch.as_tensor(v, device=device) for k, v in ctx["sampler"].sample(bs).items()}
+                   for _ in range(max(1, self.balance_batches))]
+        norms = self.gradient_norms(batches)
+        preset = {label: float(w) for label, w, _ in self.terms}
+        ratios = {label: self.term_ratio(label, term) for label, _, term in self.terms}
+        self.weights = calibrated_weights(norms, ratios, preset)
+        self.calibrated = True
+        before, after = ratio_table(norms, preset), ratio_table(norms, self.weights)
+        ctx["emit"]("balance", seg_grad=norms["seg"]["norm"], terms={
+            label: {"preset_weight": preset[label], "weight": self.weights[label], "target_ratio": ratios[label],
+                    "ratio_before": before[label]["ratio"], "ratio_after": after[label]["ratio"],
+                    "cos_seg": before[label]["cos"], "grad": norms[label]["norm"]} for label in preset})
+
+    def _pretrain_stages(self, ctx) -> bool:
+        """Run (or reuse) every term's pre-training stage; False when a stop request cut one short."""
+        stages_dir = self.run_dir / "stages"
+        emit, sampler, device = ctx["emit"], ctx["sampler"], ctx["device"]
         done = set()
         for label, _, term in self.terms:
             stage = getattr(term, "PRETRAIN_STAGE", None)
@@ -193,15 +284,17 @@ class DistillTask(SupervisedTask):
             owner.pretrain(StageContext(self.teacher, self.model, batches, iters, device, log, ctx["stop"]))
             if ctx["stop"]():  # not saved: a resumed run does this stage again
                 emit("stage", name=stage, status="stopped")
-                return
+                return False
             if ctx["is_main"]:
                 save_checkpoint({"model": owner.state_dict(), "meta": json.dumps({"stage": stage,
                                  "iterations": iters})}, path)
             emit("stage", name=stage, status="done", seconds=round(time.time() - t0, 2))
+        return True
 
     def state_dict(self) -> Dict[str, Any]:
         return {"terms": {label: term.state_dict() for label, _, term in self.terms},
-                "disc_opts": {k: o.state_dict() for k, o in self._disc_opts.items()}}
+                "disc_opts": {k: o.state_dict() for k, o in self._disc_opts.items()},
+                "weights": json.dumps({"weights": self.weights, "calibrated": self.calibrated})}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         for label, _, term in self.terms:
@@ -210,6 +303,10 @@ class DistillTask(SupervisedTask):
         for k, o in self._disc_opts.items():
             if k in state.get("disc_opts", {}):
                 o.load_state_dict(state["disc_opts"][k])
+        if "weights" in state:
+            saved = json.loads(state["weights"])
+            self.weights.update({k: float(v) for k, v in saved["weights"].items() if k in self.weights})
+            self.calibrated = bool(saved["calibrated"])
 
 
 def _spec_taps(name: str, params: Dict[str, Any]) -> Tuple[str, ...]:
@@ -238,7 +335,8 @@ def needs_only_outputs(method: Optional[str] = None, terms: Optional[List[Dict[s
     return bool(pairs) and all(set(_spec_taps(n, p)) <= {"logits"} for n, p in pairs)
 
 
-def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=None) -> DistillTask:
+def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=None,
+                       preprocess: Optional[Dict[str, Any]] = None) -> DistillTask:
     """The distillation task ``cfg.distill`` describes (teacher run, method preset or ``terms``, stage
     lengths, teacher cache) for the freshly built ``student``; the engine calls it."""
     from ..models.factory import tap_info
@@ -249,7 +347,7 @@ def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=N
         raise DistillError("distillation needs distill.teacher (a teacher run folder)")
     teacher, t_card = load_teacher(dc.teacher, device or "cpu")
     in_ch = student.in_channels
-    check_compatible(t_card, num_classes, in_ch, {})
+    check_compatible(t_card, num_classes, in_ch, preprocess or {})
     size = max(32, cfg.data.patch_size)
     t_info = tap_info(teacher, in_ch, size=size)
     s_info = tap_info(student, in_ch, size=size)
@@ -259,4 +357,6 @@ def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=N
     else:
         terms = METHODS.get(dc.method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
     return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
-                       stage_iterations=dc.stage_iterations, cache_teacher=bool(dc.cache_teacher))
+                       stage_iterations=dc.stage_iterations, cache_teacher=bool(dc.cache_teacher),
+                       balance=dc.balance, grad_ratio=dc.grad_ratio, warmup=dc.warmup,
+                       balance_batches=dc.balance_batches)

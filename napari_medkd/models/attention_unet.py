@@ -4,8 +4,10 @@ Encoder: a stride-1 stem and four stride-2 MONAI ``ResidualUnit`` stages (stride
 Decoder stage per level: ``UpConv`` (transposed conv), an additive attention gate
 (``AttentionBlock``, Oktay et al. 2018) on the skip, concatenation, and a ``ResidualUnit``.
 
-Taps: ``enc_low`` = ``encoders.1`` (stride 2), ``enc_high`` = ``encoders.3`` (stride 8),
-``bottleneck`` = ``encoders.4`` (stride 16), ``dec_low`` = ``decoders.1`` (stride 2).
+Taps: ``enc_low`` = ``encoders.1`` (stride 2), ``enc_mid`` = ``encoders.2`` (stride 4),
+``enc_high`` = ``encoders.3`` (stride 8), ``bottleneck`` = ``encoders.4`` (stride 16),
+``dec_mid`` = ``decoders.2`` (stride 4, same channels as ``enc_mid``), ``dec_low`` =
+``decoders.1`` (stride 2).
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ class AttentionUp(nn.Module):
 class ResAttentionUNet(SegModel):
     """Residual U-Net with attention-gated skips; ``channels`` has five entries (strides 1..16)."""
 
-    TAPS = {"enc_low": "encoders.1", "enc_high": "encoders.3", "bottleneck": "encoders.4",
-            "dec_low": "decoders.1"}
+    TAPS = {"enc_low": "encoders.1", "enc_mid": "encoders.2", "enc_high": "encoders.3",
+            "bottleneck": "encoders.4", "dec_mid": "decoders.2", "dec_low": "decoders.1"}
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, channels: Sequence[int] = DEFAULT_CHANNELS,
                  width: float = 1.0, spatial_dims: int = 2, subunits: int = 2, dropout: float = 0.0):

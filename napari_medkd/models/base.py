@@ -11,10 +11,18 @@ Named feature taps are module paths (``TAPS``) whose *output* is captured by a f
 (``napari_medkd.models.taps.FeatureTaps``), so distillation never changes the model:
 
 - ``enc_low``:    a shallow encoder stage (stride 2 or 4)
+- ``enc_mid``:    the encoder output at stride 4
 - ``enc_high``:   a mid/deep encoder stage (stride 8 where the design has one)
 - ``bottleneck``: the deepest encoder output (the tensor ``encode`` returns)
+- ``dec_mid``:    the decoder stage at stride 4, with ``enc_mid``'s channel count where the design
+  allows it (Graph Flow's cross-layer pair, methods.md §2.2; a model that cannot offer an
+  equal-channel pair says so in its docstring)
 - ``dec_low``:    the decoder stage at ``enc_low``'s resolution
 - ``logits``:     the final output (the model itself, path "")
+
+Models whose ``enc_low``/``dec_low`` already sit at stride 4 point ``enc_mid``/``dec_mid`` at the
+same modules (two names, one hook each); the older names are never moved, since other terms and
+saved configs use them.
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-TAP_NAMES = ("enc_low", "enc_high", "bottleneck", "dec_low", "logits")
+TAP_NAMES = ("enc_low", "enc_mid", "enc_high", "bottleneck", "dec_mid", "dec_low", "logits")
 
 
 class SegModel(nn.Module):

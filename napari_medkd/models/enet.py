@@ -9,8 +9,9 @@ Max-unpooling is written as ``nearest-upsample * (upsampled argmax index == posi
 equals ``F.max_unpool2d`` for 2x2/stride-2 pooling and exports to ONNX with either exporter.
 The skips are the int64 pooling indices of stages 1 and 2.
 
-Taps (methods.md 2.1/2.2): ``enc_low`` = stage-1 output (64 ch, H/4), ``enc_high`` and
-``bottleneck`` = end of stage 3 (128 ch, H/8), ``dec_low`` = stage-4 output (64 ch, H/4).
+Taps (methods.md 2.1/2.2): ``enc_low`` and ``enc_mid`` = stage-1 output (64 ch, H/4), ``enc_high``
+and ``bottleneck`` = end of stage 3 (128 ch, H/8), ``dec_low`` and ``dec_mid`` = stage-4 output
+(64 ch, H/4): Graph Flow's pair.
 """
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ def _stage23(prefix: str, dropout: float) -> List[Tuple[str, nn.Module]]:
 
 
 class ENet(SegModel):
-    TAPS = {"enc_low": "stage1", "enc_high": "stage3", "bottleneck": "stage3", "dec_low": "stage4"}
+    TAPS = {"enc_low": "stage1", "enc_mid": "stage1", "enc_high": "stage3", "bottleneck": "stage3",
+            "dec_mid": "stage4", "dec_low": "stage4"}
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, dropout1: float = 0.01, dropout: float = 0.1):
         super().__init__(in_channels, num_classes)

@@ -5,9 +5,9 @@ Encoder: down-samplers (3x3/2 conv concatenated with 2x2 max-pool) to 16 ch (H/2
 (H/8) and 2x4 dilated blocks (dilation 2, 4, 8, 16). Decoder: transposed-conv up-samplers to
 64 ch (H/4) and 16 ch (H/2) with 2 blocks each, a 2x2/2 transposed conv to the classes. No skips.
 
-Taps (methods.md 2.2, "encoder and decoder middle features"): ``enc_low`` = ``encoder.6`` (end of
-the 64-ch stage, H/4), ``enc_high`` and ``bottleneck`` = ``encoder.15`` (128 ch, H/8),
-``dec_low`` = ``decoder.2`` (end of the 64-ch decoder stage, H/4).
+Taps (methods.md 2.2, "encoder and decoder middle features"): ``enc_low`` and ``enc_mid`` =
+``encoder.6`` (end of the 64-ch stage, H/4), ``enc_high`` and ``bottleneck`` = ``encoder.15``
+(128 ch, H/8), ``dec_low`` and ``dec_mid`` = ``decoder.2`` (end of the 64-ch decoder stage, H/4).
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class UpsamplerBlock(nn.Sequential):
 
 
 class ERFNet(SegModel):
-    TAPS = {"enc_low": "encoder.6", "enc_high": "encoder.15", "bottleneck": "encoder.15", "dec_low": "decoder.2"}
+    TAPS = {"enc_low": "encoder.6", "enc_mid": "encoder.6", "enc_high": "encoder.15", "bottleneck": "encoder.15",
+            "dec_mid": "decoder.2", "dec_low": "decoder.2"}
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, dropout_low: float = 0.03,
                  dropout_high: float = 0.3):

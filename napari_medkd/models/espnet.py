@@ -7,8 +7,14 @@ ESP blocks: 1x1 reduce to ``n = C/5`` then 3x3 convs with dilation 1, 2, 4, 8, 1
 hierarchically (HFF) and concatenated. The decoder works in class space: 1x1 projection,
 transposed-conv up-sampling to H/4 and H/2 with skip fusion, a final transposed conv to H.
 
-Taps (methods.md 2.1): ``enc_low`` = ``level1`` (16 ch, H/2), ``enc_high`` and ``bottleneck``
-= ``b3`` (256 ch, H/8), ``dec_low`` = ``conv`` (``num_classes`` ch, H/2).
+Taps (methods.md 2.1): ``enc_low`` = ``level1`` (16 ch, H/2), ``enc_mid`` = ``b2`` (the stage-2
+output, 128 + in ch, H/4), ``enc_high`` and ``bottleneck`` = ``b3`` (256 ch, H/8), ``dec_mid`` =
+``combine_l2_l3`` (``num_classes`` ch, H/4), ``dec_low`` = ``conv`` (``num_classes`` ch, H/2).
+
+**No equal-channel encoder/decoder pair.** The decoder works in class space, so every decoder
+feature has ``num_classes`` channels while the encoder's have 16/128+/256: ESPNet cannot offer
+Graph Flow an equal-channel stride-4 pair. Graph Flow then channel-pools both student taps to the
+smaller count (see ``distill/terms/graph_flow.py``, "Channel rule").
 """
 from __future__ import annotations
 
@@ -77,7 +83,8 @@ class InputProjection(nn.Sequential):
 
 
 class ESPNet(SegModel):
-    TAPS = {"enc_low": "level1", "enc_high": "b3", "bottleneck": "b3", "dec_low": "conv"}
+    TAPS = {"enc_low": "level1", "enc_mid": "b2", "enc_high": "b3", "bottleneck": "b3",
+            "dec_mid": "combine_l2_l3", "dec_low": "conv"}
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, p: int = 2, q: int = 3):
         super().__init__(in_channels, num_classes)

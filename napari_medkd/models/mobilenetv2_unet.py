@@ -6,9 +6,9 @@ conv to 1280 ch at H/32. Decoder: four stages of ``ConvTranspose2d(4, stride 2)`
 concatenation with the encoder feature at that stride (96, 32, 24, 16 ch) and an inverted
 residual; a 1x1 conv to the classes at H/2 and bilinear x2 up-sampling.
 
-Taps (methods.md 2.2): ``enc_low`` = ``features.3`` (24 ch, H/4), ``enc_high`` = ``features.6``
-(32 ch, H/8), ``bottleneck`` = ``features.18`` (1280 ch, H/32), ``dec_low`` = ``invres3``
-(24 ch, H/4). ``width_mult`` scales all encoder/decoder widths like MobileNetV2's.
+Taps (methods.md 2.2): ``enc_low`` and ``enc_mid`` = ``features.3`` (24 ch, H/4), ``enc_high`` =
+``features.6`` (32 ch, H/8), ``bottleneck`` = ``features.18`` (1280 ch, H/32), ``dec_low`` and
+``dec_mid`` = ``invres3`` (24 ch, H/4). ``width_mult`` scales all encoder/decoder widths like MobileNetV2's.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2UNet(SegModel):
-    TAPS = {"enc_low": "features.3", "enc_high": "features.6", "bottleneck": "features.18", "dec_low": "invres3"}
+    TAPS = {"enc_low": "features.3", "enc_mid": "features.3", "enc_high": "features.6", "bottleneck": "features.18",
+            "dec_mid": "invres3", "dec_low": "invres3"}
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width_mult: float = 1.0):
         super().__init__(in_channels, num_classes)

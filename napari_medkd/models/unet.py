@@ -3,9 +3,10 @@
 Five resolution levels (strides 1, 2, 4, 8, 16) of ``TwoConv`` / ``Down`` (max-pool + TwoConv)
 and four ``UpCat`` decoder stages (transposed-conv up-sampling, concatenation, TwoConv).
 
-Taps: ``enc_low`` = ``down_1`` (stride 2), ``enc_high`` = ``down_3`` (stride 8),
-``bottleneck`` = ``down_4`` (stride 16), ``dec_low`` = ``upcat_2`` (stride 2, same channels as
-``enc_low``).
+Taps: ``enc_low`` = ``down_1`` (stride 2), ``enc_mid`` = ``down_2`` (stride 4),
+``enc_high`` = ``down_3`` (stride 8), ``bottleneck`` = ``down_4`` (stride 16), ``dec_mid`` =
+``upcat_3`` (stride 4, same channels as ``enc_mid``), ``dec_low`` = ``upcat_2`` (stride 2, same
+channels as ``enc_low``).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _norm(norm: str):
 class UNet(SegModel):
     """MONAI BasicUNet split into ``encode``/``decode``; ``features`` has six entries."""
 
-    TAPS = {"enc_low": "down_1", "enc_high": "down_3", "bottleneck": "down_4", "dec_low": "upcat_2"}
+    TAPS = {"enc_low": "down_1", "enc_mid": "down_2", "enc_high": "down_3", "bottleneck": "down_4",
+            "dec_mid": "upcat_3", "dec_low": "upcat_2"}
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, features: Sequence[int] = TEACHER_FEATURES,
                  width: float = 1.0, spatial_dims: int = 2, norm: str = "batch", dropout: float = 0.0,

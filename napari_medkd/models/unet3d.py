@@ -1,7 +1,8 @@
 """3D U-Net teacher and tiny 3D U-Net student: the MONAI-block :class:`~.unet.UNet` with 3D convs.
 
 Same encode/decode split and taps as the 2D U-Net (``enc_low``/``dec_low`` at stride 2,
-``enc_high`` at stride 8, ``bottleneck`` at stride 16); inputs are ``(B, C, D, H, W)`` with every
+``enc_mid``/``dec_mid`` at stride 4 with equal channels, ``enc_high`` at stride 8, ``bottleneck`` at
+stride 16); inputs are ``(B, C, D, H, W)`` with every
 spatial size a multiple of 16.
 """
 from __future__ import annotations

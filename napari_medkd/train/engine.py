@@ -34,9 +34,8 @@ import numpy as np
 from ..config import RunConfig, load_config, save_config
 from ..metrics.overlap import dice_per_class
 from .checkpoint import load_checkpoint, save_checkpoint
-from .sampler import PatchSampler
+from .run_data import _Data, _load_data, _make_sampler
 from .card_build import model_card
-from ..data.prepare import load_spec, prepare_case, preprocess_config, split_train_val
 from .device import describe_device, resolve_device
 from .distributed import any_true, broadcast_object, cleanup, init_distributed
 from .events import EventLog
@@ -101,7 +100,7 @@ def validate(model, cases, device, slice_axis: int, num_classes: int) -> Dict[st
     return {"dice": {str(k + 1): float(v) for k, v in enumerate(mean)}, "dice_mean": float(np.nanmean(mean))}
 
 
-def build_task(model, num_classes: int, cfg: RunConfig, device, run_dir: Path):
+def build_task(model, num_classes: int, cfg: RunConfig, device, run_dir: Path, preprocess=None):
     """The task ``cfg`` asks for: distillation when ``cfg.distill`` names a teacher and a method (other
     than ``none``) or terms, else the supervised task."""
     from .tasks import SupervisedTask
@@ -113,7 +112,7 @@ def build_task(model, num_classes: int, cfg: RunConfig, device, run_dir: Path):
     if dc.teacher and distills:
         from ..distill.task import build_distill_task
 
-        return build_distill_task(model, num_classes, cfg=cfg, device=device, run_dir=run_dir)
+        return build_distill_task(model, num_classes, cfg=cfg, device=device, run_dir=run_dir, preprocess=preprocess)
     return SupervisedTask(model, num_classes)
 
 
@@ -160,38 +159,6 @@ class _Run:
         self.last_path = run_dir / "last.pt"
 
 
-class _Data:
-    def __init__(self, spec, pcfg, train_prep, val_prep, extra_cases):
-        self.spec, self.pcfg, self.train_prep, self.val_prep, self.extra_cases = \
-            spec, pcfg, train_prep, val_prep, extra_cases
-
-
-def _load_data(cfg: RunConfig, main: bool) -> _Data:
-    """Prepared training, validation (main process only) and unlabelled cases."""
-    tc = cfg.train
-    spec = load_spec(cfg.data)
-    pcfg = preprocess_config(cfg.data, spec)
-    train_cases, val_cases = split_train_val(spec.cases, cfg.data, tc.seed)
-    if not train_cases:
-        raise ValueError(f"{cfg.data.root}: no training cases")
-    train_prep = [prepare_case(c, pcfg) for c in train_cases]
-    val_prep = [prepare_case(c, pcfg) for c in val_cases] if main else []
-    extra_cases = []
-    if cfg.data.unlabelled_root:
-        from ..data.datasets import load_dataset
-
-        unl = load_dataset(cfg.data.unlabelled_root)
-        extra_cases = [prepare_case(c, pcfg) for c in unl.cases]
-        for c in extra_cases:
-            c.label = None
-    if cfg.data.labelled_fraction < 1.0:
-        keep = int(round(len(train_prep) * cfg.data.labelled_fraction))
-        order = np.random.default_rng(tc.seed + 1).permutation(len(train_prep))
-        for i in order[keep:]:
-            train_prep[i].label = None
-    return _Data(spec, pcfg, train_prep, val_prep, extra_cases)
-
-
 def _build(r: _Run, data: _Data) -> None:
     """Model, task, optimiser, mixed precision, patch sampler and model card of the run."""
     import torch
@@ -204,7 +171,7 @@ def _build(r: _Run, data: _Data) -> None:
     in_channels = int(train_prep[0].image.shape[0])
     model = build_model(cfg.model.name, in_channels=in_channels, num_classes=num_classes, **cfg.model.kwargs)
     model_dims = getattr(model, "spatial_dims", 2)
-    task = build_task(model, num_classes, cfg, device, r.run_dir)
+    task = build_task(model, num_classes, cfg, device, r.run_dir, preprocess=pcfg.to_dict())
     task.modules_to_device(device)
     r.train_model = model
     if dist_info.enabled:
@@ -215,8 +182,7 @@ def _build(r: _Run, data: _Data) -> None:
     r.use_amp = tc.amp and device.type == "cuda"
     r.amp_dtype = torch.bfloat16 if r.use_amp and torch.cuda.is_bf16_supported() else torch.float16
     r.scaler = torch.amp.GradScaler("cuda", enabled=r.use_amp and r.amp_dtype == torch.float16)
-    r.sampler = PatchSampler(train_prep + data.extra_cases, model_dims, cfg.data.patch_size, cfg.data.fg_prob,
-                             cfg.data.slice_axis, cfg.data.augment, seed=tc.seed + 1000 * dist_info.rank)
+    r.sampler = _make_sampler(cfg, task, train_prep + data.extra_cases, model_dims, seed=tc.seed + 1000 * dist_info.rank)
     card = model_card(cfg, spec.class_names, pcfg.to_dict(), in_channels, num_classes, model_dims,
                       train_prep[0].reference.spacing, distilled=task.name == "distill")
     r.model, r.task, r.num_classes, r.card, r.val_prep = model, task, num_classes, card, data.val_prep
@@ -276,6 +242,7 @@ def _step(r: _Run, frac: float) -> None:
     lr = tc.lr * (1.0 - min(frac, 1.0)) ** 0.9
     for g in r.opt.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
+    r.task.set_progress(min(frac, 1.0))
     np_batch = r.sampler.sample(tc.batch_size)
     batch = {k: torch.as_tensor(v, device=r.device) for k, v in np_batch.items()}
     with torch.autocast(r.device.type, dtype=r.amp_dtype, enabled=r.use_amp):
@@ -326,7 +293,8 @@ def _train(r: _Run, stop: _StopFlag, resume: bool) -> Dict[str, Any]:
         _restore(r)
     r.emit("start", run_dir=str(r.run_dir), device=describe_device(r.device), model=r.cfg.model.name,
            params=sum(p.numel() for p in r.model.parameters()), train_cases=len(data.train_prep),
-           val_cases=len(data.val_prep), unlabelled_cases=len(data.extra_cases), resumed_at=r.it if resume else None,
+           val_cases=len(data.val_prep), unlabelled_cases=len(data.extra_cases),
+           labelled_cases=r.sampler.n_labelled, sampled_cases=len(r.sampler.cases), resumed_at=r.it if resume else None,
            world_size=r.dist_info.world_size, load_seconds=round(time.time() - t0, 2),
            budget={"iterations": total_iterations(r.tc), "minutes": r.tc.minutes}, task=r.task.name)
     r.task.prepare({"emit": r.emit, "sampler": r.sampler, "device": r.device, "stop": stop, "cfg": r.cfg,

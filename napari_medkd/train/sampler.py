@@ -1,4 +1,10 @@
-"""Random training patches (2D slices of volumes for 2D models) with foreground over-sampling."""
+"""Random training patches (2D slices of volumes for 2D models) with foreground over-sampling.
+
+With ``labelled_share`` set and both labelled and unlabelled cases present, every batch holds a fixed
+share of labelled samples (``round(batch * share)``, at least one of each kind), as the semi-supervised
+recipes ask (methods.md §2.2: half labelled, half unlabelled, cycled loaders); without it samples are
+drawn over all cases alike.
+"""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -14,9 +20,13 @@ class PatchSampler:
     """Random patches (2D slices of volumes for 2D models) with foreground over-sampling."""
 
     def __init__(self, cases: Sequence[PreparedCase], model_dims: int, patch_size: int, fg_prob: float,
-                 slice_axis: int = 0, do_augment: bool = True, seed: int = 0):
+                 slice_axis: int = 0, do_augment: bool = True, seed: int = 0,
+                 labelled_share: Optional[float] = None):
         if not cases:
             raise ValueError("no training cases to sample from")
+        if labelled_share is not None and not 0.0 < float(labelled_share) < 1.0:
+            raise ValueError(f"labelled_share must lie strictly between 0 and 1, got {labelled_share}")
+        self.labelled_share = None if labelled_share is None else float(labelled_share)
         self.cases = list(cases)
         self.model_dims = model_dims
         self.patch = patch_size
@@ -26,16 +36,50 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.extras: Optional[List[np.ndarray]] = None   # per case (K, *spatial), e.g. cached teacher logits
         self.extra_key = "extra"
+        self._index_slices()
+
+    def _index_slices(self) -> None:
         self._slices: List[Tuple[int, int]] = []
         self._fg_slices: List[Tuple[int, int]] = []
+        self._by_group: Dict[bool, List[Tuple[int, int]]] = {True: [], False: []}
         for ci, c in enumerate(self.cases):
-            if c.image.ndim - 1 == 3 and model_dims == 2:
+            if c.image.ndim - 1 == 3 and self.model_dims == 2:
                 for si in range(c.image.shape[1 + self.axis]):
                     self._slices.append((ci, si))
+                    self._by_group[c.label is not None].append((ci, si))
                     if c.label is not None and np.take(c.label, si, axis=self.axis).any():
                         self._fg_slices.append((ci, si))
             else:
                 self._slices.append((ci, -1))
+                self._by_group[c.label is not None].append((ci, -1))
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(c.label is not None for c in self.cases)
+
+    def pad_to_patch(self) -> None:
+        """Zero-pad every case (label 0, FOV off) to at least the patch size in the sampled axes, centred,
+        exactly as :func:`sample_patch` pads a short image, so patches are drawn as before and arrays
+        computed per case afterwards (the teacher cache) see the padded input, not a blank."""
+        import dataclasses
+
+        out = []
+        for c in self.cases:
+            nsp = c.image.ndim - 1
+            axes = [a for a in range(nsp) if not (nsp == 3 and self.model_dims == 2 and a == self.axis)]
+            pads = [(0, 0)] * nsp
+            for a in axes:
+                d = max(0, self.patch - c.image.shape[1 + a])
+                pads[a] = (d // 2, d - d // 2)
+            if not any(sum(p) for p in pads):
+                out.append(c)
+                continue
+            out.append(dataclasses.replace(
+                c, image=np.pad(c.image, [(0, 0)] + pads),
+                label=None if c.label is None else np.pad(c.label, pads),
+                fov=None if c.fov is None else np.pad(c.fov, pads)))
+        self.cases = out
+        self._index_slices()
 
     def set_extras(self, arrays: Sequence[np.ndarray], key: str) -> None:
         """Per-case channel-first arrays cropped and flipped/turned with each patch (never jittered),
@@ -47,8 +91,20 @@ class PatchSampler:
                 raise ValueError(f"extra array of shape {a.shape} does not fit image {c.image.shape}")
         self.extras, self.extra_key = list(arrays), key
 
-    def _pick(self) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-        pool = self._fg_slices if (self._fg_slices and self.rng.random() < self.fg_prob) else self._slices
+    def _groups(self, batch_size: int) -> List[Optional[bool]]:
+        """Per sample: True = draw a labelled case, False = an unlabelled one, None = any case."""
+        if self.labelled_share is None or not self._by_group[True] or not self._by_group[False] or batch_size < 2:
+            return [None] * batch_size
+        n_l = min(batch_size - 1, max(1, int(round(batch_size * self.labelled_share))))
+        return [True] * n_l + [False] * (batch_size - n_l)
+
+    def _pick(self, group: Optional[bool] = None) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        if group is False:
+            pool = self._by_group[False]
+        elif self._fg_slices and self.rng.random() < self.fg_prob:
+            pool = self._fg_slices
+        else:
+            pool = self._slices if group is None else self._by_group[True]
         ci, si = pool[self.rng.integers(len(pool))]
         c = self.cases[ci]
         extra = self.extras[ci] if self.extras is not None else None
@@ -61,8 +117,8 @@ class PatchSampler:
 
     def sample(self, batch_size: int) -> Dict[str, np.ndarray]:
         images, labels, labelled, extras = [], [], [], []
-        for _ in range(batch_size):
-            img, lbl, extra = self._pick()
+        for group in self._groups(batch_size):
+            img, lbl, extra = self._pick(group)
             has = lbl is not None
             if lbl is None:
                 lbl = np.zeros(img.shape[1:], np.int64)

@@ -17,6 +17,7 @@ class SupervisedTask:
         self.model = model
         self.num_classes = num_classes
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.progress = 0.0
 
     def modules_to_device(self, device) -> None:
         self.model.to(device)
@@ -36,6 +37,10 @@ class SupervisedTask:
         logits = train_model(batch["image"])
         loss = self.segmentation_loss(logits, batch["label"], batch.get("labelled"))
         return loss, {"seg": float(loss.detach())}
+
+    def set_progress(self, fraction: float) -> None:
+        """The share of the budget spent before this step (the distillation task ramps its terms by it)."""
+        self.progress = float(fraction)
 
     def after_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
         return {}

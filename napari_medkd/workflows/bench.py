@@ -58,6 +58,7 @@ class Suite:
     jobs: int = 1
     distill: Dict[str, Any] = field(default_factory=dict)
     method_distill: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    student_data: Dict[str, Any] = field(default_factory=dict)   # data options of the students only
 
     @classmethod
     def load(cls, path: Path, preset: str) -> "Suite":
@@ -76,7 +77,18 @@ class Suite:
                    cross_domain=[resolve(d) for d in raw.get("cross_domain", [])],
                    stage_iterations=dict(p.get("stage_iterations", {})),
                    fsd_tile=int(p.get("fsd_tile", raw.get("fsd_tile", 96))), jobs=int(p.get("jobs", 1)),
-                   distill=dict(raw.get("distill") or {}, **(p.get("distill") or {})), method_distill=method_distill)
+                   distill=dict(raw.get("distill") or {}, **(p.get("distill") or {})), method_distill=method_distill,
+                   student_data=dict(raw.get("student_data") or {}, **(p.get("student_data") or {})))
+
+    def teacher_run(self, results: Path, preset: str, runs: Path) -> Path:
+        """Where the suite's teacher lives: ``teacher.run`` (a finished run folder, used as it is), else
+        ``RESULTS/teachers/<preset>/<teacher.name>`` shared by every suite naming it (trained once; a suite
+        asking for other settings is refused), else the suite's own ``runs/teacher``."""
+        if self.teacher.get("run"):
+            return Path(self.teacher["run"])
+        if self.teacher.get("name"):
+            return Path(results) / "teachers" / preset / str(self.teacher["name"])
+        return runs / "teacher"
 
 
 BUDGET_KEYS = {"iterations", "epochs", "minutes"}
@@ -104,6 +116,8 @@ def _student_config(suite: Suite, method: str, seed: int, teacher_run: Path) -> 
     """A student run's config: the student alone for ``none``, else distilled from ``teacher_run`` with
     the method, the suite's stage lengths and any ``distill`` keys of the suite or the method entry."""
     cfg = _config(suite, suite.student, seed, {})
+    for k, v in suite.student_data.items():
+        setattr(cfg.data, k, v)
     cfg.distill.teacher = str(teacher_run)
     cfg.distill.method = method
     cfg.distill.stage_iterations = dict(suite.stage_iterations)
@@ -121,7 +135,8 @@ def _student_config(suite: Suite, method: str, seed: int, teacher_run: Path) -> 
 def _teacher_config(suite: Suite, log) -> RunConfig:
     """The teacher's config; a budget in minutes only is warned about (issue 17): how far a teacher gets
     in N minutes depends on the machine, so the comparison would not be reproducible."""
-    cfg = _config(suite, suite.teacher["model"], 0, {k: v for k, v in suite.teacher.items() if k != "model"})
+    cfg = _config(suite, suite.teacher["model"], 0,
+                  {k: v for k, v in suite.teacher.items() if k not in ("model", "name", "run")})
     if cfg.train.minutes and not (cfg.train.iterations or cfg.train.epochs):
         log(f"   WARNING: the teacher's budget is {cfg.train.minutes:g} minutes only; give it iterations "
             "(teacher: {iterations: N}) so the teacher is the same on every machine")
@@ -194,10 +209,42 @@ def _record(label: str, method: str, run_list: List[Path], domains, ort_ms: Dict
     if arch not in ort_ms:  # one measurement per architecture: every student row has the same network
         ort_ms[arch] = _ort_ms(run_list[0], log, shapes["ort"])
     row["ort_ms"] = ort_ms[arch]
+    vals = [_best_val(r) for r in run_list]
+    row["val_dice"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+    row["val_dice_sd"] = float(np.nanstd(vals)) if len(vals) > 1 else math.nan
+    row["val_late_gain"] = float(np.nanmean([_late_gain(r) for r in run_list]))
     row["train_s_per_run"] = float(np.mean([_run_seconds(r) for r in run_list]))
     row["eval_s"] = float(eval_s)
     row["_runs"] = run_list
     return row
+
+
+def _val_curve(run: Path) -> List[tuple]:
+    import csv
+
+    path = run / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [(int(r["iter"]), float(r["dice_mean"])) for r in csv.DictReader(fh) if r["dice_mean"] not in ("", "nan")]
+
+
+def _best_val(run: Path) -> float:
+    """The best validation Dice of a run (its ``metrics.csv``), NaN without one."""
+    curve = _val_curve(run)
+    return max(d for _, d in curve) if curve else math.nan
+
+
+def _late_gain(run: Path) -> float:
+    """Best validation Dice of the second half of a run minus that of the first half: near 0 once the run
+    has reached its plateau (how the suites check the student alone is trained long enough)."""
+    curve = _val_curve(run)
+    if len(curve) < 2:
+        return math.nan
+    half = curve[-1][0] / 2
+    early = [d for i, d in curve if i <= half] or [curve[0][1]]
+    late = [d for i, d in curve if i > half]
+    return max(late) - max(early) if late else math.nan
 
 
 def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str], None] = print,
@@ -215,8 +262,14 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
     runs.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     log(f"== suite {suite.name} [{preset}] -> {root}")
-    teacher_run = runs / "teacher"
-    _ensure_run(teacher_run, _teacher_config(suite, log), log)
+    teacher_run = suite.teacher_run(Path(results), preset, runs)
+    if suite.teacher.get("run"):
+        if not _finished(teacher_run):
+            raise RuntimeError(f"suite {suite.name}: teacher.run {teacher_run} is not a finished run folder")
+        log(f"   teacher: {teacher_run} (given, never retrained)")
+    else:
+        teacher_run.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_run(teacher_run, _teacher_config(suite, log), log)
     domains = [("in", suite.data)] + [(Path(d).name, d) for d in suite.cross_domain]
     plan = []
     for method in suite.methods:

@@ -20,7 +20,8 @@ from ..io.atomic import write_text_atomic
 #: input sizes of the cost columns: MACs of one forward pass, onnxruntime time of one input
 COST_SHAPES = {2: {"macs": (256, 256), "ort": (512, 512)}, 3: {"macs": (64, 64, 64), "ort": (64, 64, 64)}}
 #: the smallest teacher − alone difference a "gap closed" ratio is shown for (with 2x the pooled sd)
-MIN_HEADROOM = 0.01
+MIN_HEADROOM = 0.03   # issue 12: a suite whose teacher leads the student alone by less is not a KD result
+PLATEAU_GAIN = 0.01   # the student alone is still learning when its late validation gain exceeds this
 NO_HEADROOM = "no headroom: the teacher is not better than the student alone"
 
 
@@ -55,6 +56,8 @@ def _gap(rows: List[Dict[str, Any]]) -> None:
         tag = key[5:]
         head = t[key] - s[key] if s is not None else math.nan
         ok = _finite(head) and head >= max(2 * pooled_sd([t, s], key), MIN_HEADROOM)
+        if tag == "in" and s is not None and _finite(t.get("val_dice")) and _finite(s.get("val_dice")):
+            ok = ok and t["val_dice"] - s["val_dice"] >= MIN_HEADROOM  # headroom on validation, too
         for r in rows:
             r[f"headroom_{tag}"] = bool(ok)
             if s is None:
@@ -126,7 +129,24 @@ def render_table(rows: List[Dict[str, Any]], tags: Sequence[str], fsd_tags: Sequ
               f"least {MIN_HEADROOM}."]
     if not rows[0].get("headroom_in"):
         lines += ["", f"¹ {NO_HEADROOM}."]
+    lines += _headroom_lines(rows)
     return lines
+
+
+def _headroom_lines(rows) -> List[str]:
+    """Headroom on validation (teacher − student alone, best validation Dice) and whether the student
+    alone had reached its plateau (its late validation gain)."""
+    t = next(r for r in rows if r["method"] == "teacher")
+    s = next((r for r in rows if r["method"] == "none"), None)
+    if s is None or not _finite(t.get("val_dice")) or not _finite(s.get("val_dice")):
+        return []
+    out = ["", f"Headroom on validation: teacher {t['val_dice']:.3f} − student alone {_fmt(s['val_dice'], s.get('val_dice_sd'))}"
+               f" = {t['val_dice'] - s['val_dice']:+.3f} Dice (a KD result needs at least {MIN_HEADROOM})."]
+    gain = s.get("val_late_gain")
+    if _finite(gain) and gain > PLATEAU_GAIN:
+        out.append(f"**The student alone had not reached its plateau**: its best validation Dice rose by {gain:.3f} "
+                   "in the second half of its run; give the students more iterations.")
+    return out
 
 
 def _compute_line(rows, suite, preset: str, seconds: float, jobs: int) -> str:

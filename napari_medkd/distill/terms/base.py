@@ -58,6 +58,8 @@ class DistillTerm(nn.Module):
     OWN_OPTIMIZER: bool = False
     PRETRAIN_STAGE: Optional[str] = None
     DISC_OPTIM: Optional[Dict[str, Any]] = None
+    # Target ||grad(w L_term)|| / ||grad L_seg|| when distill.balance = grad (None: distill.grad_ratio)
+    BALANCE_RATIO: Optional[float] = None
     # What the term promises, read by the contract tests (tests/test_terms_baselines.py), which run for
     # every registered term: ``params`` to build it small for a test; ``channel_agnostic`` when it compares
     # only structure (zero for a teacher tap that is the student's with channels repeated and upsampled);
