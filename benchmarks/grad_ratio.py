@@ -39,6 +39,7 @@ def preset_ratios(teacher: Path, method: str, student: str, batches: int, stage_
     cfg = load_config(teacher / "config.yaml")
     cfg.model.name, cfg.model.kwargs = student, {}
     cfg.train.iterations, cfg.train.minutes, cfg.train.epochs, cfg.train.val_every = 1, None, None, 10 ** 9
+    cfg.train.threads = 1
     cfg.distill.teacher, cfg.distill.method, cfg.distill.terms = str(teacher), method, None
     cfg.distill.balance, cfg.distill.balance_batches = "grad", batches
     cfg.distill.stage_iterations = {"paraphraser": stage_iterations, "msan": stage_iterations}

@@ -303,8 +303,8 @@ def _add_pipeline(sub) -> None:
                                         "evaluation, ONNX export and report")
     p.add_argument("--data", default=str(sample_data_dir("hippocampus")), help="default: the packaged sample")
     p.add_argument("--out", default="medkd_out")
-    p.add_argument("--teacher-iterations", type=int, default=900)
-    p.add_argument("--student-iterations", type=int, default=600)
+    p.add_argument("--teacher-iterations", type=int, default=600)
+    p.add_argument("--student-iterations", type=int, default=1200)
     p.add_argument("--distill-iterations", type=int, help="default: as --student-iterations")
     p.add_argument("--labelled", type=int, default=2,
                    help="labelled training cases the students get (the teacher gets all); 0: all")

@@ -287,3 +287,16 @@ def test_named_teacher_is_trained_once_and_shared_and_students_get_their_own_dat
     assert kd.data.labelled_cases == 1 and kd.distill.teacher == str(teacher)
     md = (results / "scarce" / "cpu" / "results.md").read_text(encoding="utf-8")
     assert "Headroom on validation" in md
+
+
+def test_runs_without_a_teacher_are_not_compared_on_distillation_settings():
+    """A teacher or student-alone run made before a distillation default changed is still reused; a
+    distilled run with other distillation settings is not."""
+    from napari_medkd.config import RunConfig
+    from napari_medkd.workflows.bench_runs import _config_differences
+
+    saved, wanted = RunConfig(), RunConfig()
+    saved.distill.warmup, wanted.distill.warmup = None, [0.2, 0.6]
+    assert _config_differences(saved, wanted) == []
+    saved.distill.method = wanted.distill.method = "logit_kd"
+    assert any("distill.warmup" in d for d in _config_differences(saved, wanted))

@@ -157,6 +157,8 @@ def test_calibrated_weights_hit_the_target_ratio():
     assert ratio_table(norms, {"big": 1.0, "dead": 3.0})["big"]["ratio"] == pytest.approx(108.0)
     assert ratio_table(norms, w)["big"]["ratio"] == pytest.approx(0.5)
     assert w["dead"] == 3.0  # no gradient: keeps its preset weight
+    adv = calibrated_weights(norms, {"big": None, "dead": 0.5}, {"big": 0.1, "dead": 3.0})
+    assert adv["big"] == 0.1  # no ratio (an adversarial term): keeps its preset weight
     # no labelled sample: the terms are balanced among themselves
     w = calibrated_weights({"seg": {"norm": 0.0}, "a": {"norm": 4.0}, "b": {"norm": 40.0}}, {"a": 1.0, "b": 0.5},
                            {"a": 1.0, "b": 1.0})

@@ -12,7 +12,10 @@ the direction of the first updates. Two mechanisms, both per term and logged in 
   own parameters; the term's weight is then set so that ``||grad(w L_term)|| = ratio * ||grad L_seg||``
   and held fixed for the run (kept in the checkpoint, so a resumed run keeps it). ``ratio`` comes from the
   term spec (``ratio:`` in ``distill.terms``), else the term class's ``BALANCE_RATIO``, else
-  ``distill.grad_ratio``. ``balance = "none"`` keeps the preset weights as they are.
+  ``distill.grad_ratio``. ``balance = "none"`` keeps the preset weights as they are. Adversarial terms
+(their own critic, ``OWN_OPTIMIZER``) keep their preset weight: at calibration time the critic is
+untrained, so its gradient then (1/200 of the segmentation gradient, measured) says nothing about its
+pull once the critic has learnt, and scaling it up ~90x would hand the student to the critic.
 
 Without labelled samples in the calibration batches (label-free distillation) there is no segmentation
 gradient to measure against; the weights are then scaled so each term's gradient equals ``ratio`` times
@@ -79,7 +82,8 @@ def measure(compute_parts: Callable[[Dict[str, Any]], Tuple[torch.Tensor, Dict[s
 def calibrated_weights(norms: Dict[str, Dict[str, float]], ratios: Dict[str, float],
                        fallback: Dict[str, float]) -> Dict[str, float]:
     """Per term the weight ``ratio * ||grad L_seg|| / ||grad L_term||`` (see the module docstring); a term
-    whose gradient does not reach the student (or vanishes) keeps its ``fallback`` weight."""
+    whose gradient does not reach the student (or vanishes), or whose ratio is None, keeps its
+    ``fallback`` weight."""
     labels = [k for k in norms if k != "seg"]
     ref = norms.get("seg", {}).get("norm", 0.0)
     if ref <= 0.0:  # no labelled sample: balance the terms among themselves
@@ -87,7 +91,8 @@ def calibrated_weights(norms: Dict[str, Dict[str, float]], ratios: Dict[str, flo
     out = {}
     for label in labels:
         g = norms[label]["norm"]
-        out[label] = float(ratios[label] * ref / g) if g > 1e-12 and ref > 0.0 else float(fallback[label])
+        calibrate = ratios.get(label) is not None and g > 1e-12 and ref > 0.0
+        out[label] = float(ratios[label] * ref / g) if calibrate else float(fallback[label])
     return out
 
 

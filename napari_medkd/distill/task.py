@@ -211,8 +211,11 @@ class DistillTask(SupervisedTask):
         if self._pretrain_stages(ctx) and self.balance == "grad" and not self.calibrated:
             self.calibrate(ctx)
 
-    def term_ratio(self, label: str, term) -> float:
-        """The target ``||grad(w L_term)|| / ||grad L_seg||`` of a term (see ``distill/balance.py``)."""
+    def term_ratio(self, label: str, term) -> Optional[float]:
+        """The target ``||grad(w L_term)|| / ||grad L_seg||`` of a term (see ``distill/balance.py``); None for
+        an adversarial term, which keeps its preset weight."""
+        if getattr(term, "OWN_OPTIMIZER", False):
+            return None
         for r in (getattr(term, "balance_ratio", None), getattr(type(term), "BALANCE_RATIO", None)):
             if r is not None:
                 return float(r)

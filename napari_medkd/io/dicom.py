@@ -117,38 +117,31 @@ def _uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
 
-def write_dicom_series(volume: MedicalImage, folder: PathLike, *, description: str = "napari-medkd export",
-                       series_uid: Optional[str] = None, modality: str = "OT", overwrite: bool = False) -> None:
-    """Write a 3D single-channel ``volume`` as one DICOM file per slice into ``folder``.
-
-    Several series can share a folder (file names carry the series UID). Files appear only once all
-    slices are written. Raises :class:`ImageWriteError` for non-3D or multichannel volumes and
-    ``FileExistsError`` if a target file exists and ``overwrite`` is false.
-    """
+def _sitk_volume(volume: MedicalImage, data: np.ndarray):
+    """The SimpleITK image of ``data`` and its 3x3 direction, with the slice order reversed when the
+    direction is left-handed (DICOM's slice normal is row x column)."""
     import SimpleITK as sitk
 
-    folder = Path(folder)
-    arr = np.asarray(volume.array)
-    if volume.ndim_spatial != 3 or arr.ndim != 3:
-        raise ImageWriteError(f"{folder}: DICOM export needs a 3D single-channel volume, got shape {arr.shape}")
-    data, slope, intercept = _to_int16(arr, folder)
     img = sitk.GetImageFromArray(data)
     img.SetSpacing(volume.spacing)
     img.SetOrigin(volume.origin)
     img.SetDirection(volume.direction)
     d = np.asarray(volume.direction, float).reshape(3, 3)
     if np.linalg.det(d) < 0:  # DICOM's slice normal is row x column: reverse the slices
-        last = img.TransformIndexToPhysicalPoint((0, 0, arr.shape[0] - 1))
+        last = img.TransformIndexToPhysicalPoint((0, 0, data.shape[0] - 1))
         img = sitk.GetImageFromArray(data[::-1].copy())
         img.SetSpacing(volume.spacing)
         img.SetOrigin(last)
         d = d.copy()
         d[:, 2] *= -1
     img.SetDirection(tuple(d.ravel()))
-    uid = series_uid or _uid()
+    return img, d
+
+
+def _series_tags(volume: MedicalImage, d: np.ndarray, data: np.ndarray, slope: float, intercept: float, *,
+                 uid: str, modality: str, description: str, date: str, clock: str) -> List[Tuple[str, str]]:
+    """The (tag, value) pairs shared by every slice of the series."""
     study, frame = _uid(), _uid()
-    now = time.localtime()
-    date, clock = time.strftime("%Y%m%d", now), time.strftime("%H%M%S", now)
     series_tags = [
         ("0008|0008", "DERIVED\\SECONDARY"), ("0008|0021", date), ("0008|0031", clock),
         ("0008|0060", modality), ("0008|103e", description[:64]), ("0020|000d", study), ("0020|000e", uid),
@@ -159,28 +152,70 @@ def write_dicom_series(volume: MedicalImage, folder: PathLike, *, description: s
     ]
     if data.dtype != np.int16:
         series_tags += [("0028|0100", "16"), ("0028|0101", "16"), ("0028|0102", "15"), ("0028|0103", "1")]
-    stem = uid.replace(".", "")[-12:]
-    names = [f"{stem}_{i:04d}.dcm" for i in range(data.shape[0])]
+    return series_tags
+
+
+def _check_no_clash(folder: Path, names: List[str], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` if a target file exists and ``overwrite`` is false."""
     if not overwrite:
         clash = [n for n in names if (folder / n).exists()]
         if clash:
             raise FileExistsError(f"{folder / clash[0]}: file exists ({len(clash)} in all); pass overwrite=True")
+
+
+def _write_slice(writer, img, i: int, series_tags: List[Tuple[str, str]], date: str, clock: str,
+                 target: Path, final: Path) -> None:
+    """Write slice ``i`` of ``img`` with the series tags and its own tags to ``target`` (a staged file
+    that will become ``final``)."""
+    sl = img[:, :, i]
+    for key, value in series_tags:
+        sl.SetMetaData(key, value)
+    sl.SetMetaData("0008|0012", date)
+    sl.SetMetaData("0008|0013", clock)
+    sl.SetMetaData("0008|0018", _uid())
+    sl.SetMetaData("0020|0013", str(i + 1))
+    sl.SetMetaData("0020|0032", "\\".join(_ds(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))))
+    writer.SetFileName(str(target))
+    try:
+        writer.Execute(sl)
+    except RuntimeError as e:
+        raise ImageWriteError(f"{final}: DICOM writing failed: {_sitk_reason(e, target)}") from e
+
+
+def _write_staged(img, names: List[str], series_tags: List[Tuple[str, str]], date: str, clock: str,
+                  folder: Path) -> None:
+    """Write every slice into a staging folder next to ``folder``, then move them all into place."""
+    import SimpleITK as sitk
+
     with staging_dir(folder, prefix=".medkd-dicom-") as tmp:
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
         for i, name in enumerate(names):
-            sl = img[:, :, i]
-            for key, value in series_tags:
-                sl.SetMetaData(key, value)
-            sl.SetMetaData("0008|0012", date)
-            sl.SetMetaData("0008|0013", clock)
-            sl.SetMetaData("0008|0018", _uid())
-            sl.SetMetaData("0020|0013", str(i + 1))
-            sl.SetMetaData("0020|0032", "\\".join(_ds(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))))
-            writer.SetFileName(str(tmp / name))
-            try:
-                writer.Execute(sl)
-            except RuntimeError as e:
-                raise ImageWriteError(f"{folder / name}: DICOM writing failed: {_sitk_reason(e, tmp / name)}") from e
+            _write_slice(writer, img, i, series_tags, date, clock, tmp / name, folder / name)
         for name in names:
             os.replace(tmp / name, folder / name)
+
+
+def write_dicom_series(volume: MedicalImage, folder: PathLike, *, description: str = "napari-medkd export",
+                       series_uid: Optional[str] = None, modality: str = "OT", overwrite: bool = False) -> None:
+    """Write a 3D single-channel ``volume`` as one DICOM file per slice into ``folder``.
+
+    Several series can share a folder (file names carry the series UID). Files appear only once all
+    slices are written. Raises :class:`ImageWriteError` for non-3D or multichannel volumes and
+    ``FileExistsError`` if a target file exists and ``overwrite`` is false.
+    """
+    folder = Path(folder)
+    arr = np.asarray(volume.array)
+    if volume.ndim_spatial != 3 or arr.ndim != 3:
+        raise ImageWriteError(f"{folder}: DICOM export needs a 3D single-channel volume, got shape {arr.shape}")
+    data, slope, intercept = _to_int16(arr, folder)
+    img, d = _sitk_volume(volume, data)
+    uid = series_uid or _uid()
+    now = time.localtime()
+    date, clock = time.strftime("%Y%m%d", now), time.strftime("%H%M%S", now)
+    series_tags = _series_tags(volume, d, data, slope, intercept, uid=uid, modality=modality,
+                               description=description, date=date, clock=clock)
+    stem = uid.replace(".", "")[-12:]
+    names = [f"{stem}_{i:04d}.dcm" for i in range(data.shape[0])]
+    _check_no_clash(folder, names, overwrite)
+    _write_staged(img, names, series_tags, date, clock, folder)

@@ -26,9 +26,13 @@ _SPEED_ONLY = {("train", "threads"), ("train", "device"), ("train", "log_every")
 
 
 def _config_differences(saved: RunConfig, wanted: RunConfig) -> List[str]:
+    """Settings in which a run differs from what the suite asks for; a run trained without a teacher
+    (a teacher, the student alone) is not compared on the distillation settings it never used."""
     a, b = saved.to_dict(), wanted.to_dict()
+    alone = (wanted.distill.method or "none") == "none" and not wanted.distill.terms
     return [f"{sec}.{k}: run has {a[sec].get(k)!r}, suite wants {b[sec][k]!r}"
-            for sec in b for k in b[sec] if (sec, k) not in _SPEED_ONLY and a[sec].get(k) != b[sec][k]]
+            for sec in b for k in b[sec] if (sec, k) not in _SPEED_ONLY and a[sec].get(k) != b[sec][k]
+            and not (alone and sec == "distill")]
 
 
 def _method_terms(method: str, terms: Optional[List[Dict[str, Any]]] = None) -> List[Any]:

@@ -149,7 +149,7 @@ def _comparison(data: Path, out: Path, roles, loaded, method: str, names):
     return fig, img
 
 
-def run_pipeline(data: Path, out: Path, teacher_iterations: int = 900, student_iterations: int = 600,
+def run_pipeline(data: Path, out: Path, teacher_iterations: int = 600, student_iterations: int = 1200,
                  teacher: str = "unet", student: str = "unet_tiny", method: str = "logit_kd",
                  distill_iterations: int | None = None, labelled: Optional[int] = 2,
                  teacher_kwargs: Optional[Dict] = None, export: bool = True, overwrite: bool = False,
