@@ -16,6 +16,7 @@ import argparse
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def machine_line() -> str:
     import torch
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+            f"{platform.python_version()}, torch {torch.__version__}, 1 thread per run")
 
 
 def preset_ratios(teacher: Path, method: str, student: str, batches: int, stage_iterations: int, work: Path):
@@ -79,12 +80,13 @@ def main(argv=None) -> int:
             print(f"== {m}", flush=True)
             rows.append((m, preset_ratios(Path(args.teacher), m, args.student, args.batches,
                                           args.stage_iterations, Path(tmp))))
-    text = (f"# Gradient ratio of each distillation term to the segmentation loss\n\n"
-            f"Student `{args.student}` at initialisation, teacher `{args.teacher}`, mean over {args.batches} "
+    text = (f"Student `{args.student}` at initialisation, teacher `{args.teacher}`, mean over {args.batches} "
             f"training batches; `benchmarks/grad_ratio.py`. Ratio = ||grad(w·L_term)|| / ||grad L_seg|| on the "
             f"student's parameters; \"before\" at the preset weight, \"after\" at the weight loss balancing "
             f"(`distill.balance: grad`) sets; cos = cosine of the term's gradient with the segmentation "
-            f"gradient.\n\nMachine: {machine_line()}\n\n{table(rows)}\n")
+            f"gradient. Adversarial terms keep their preset weight (their critic is untrained when the weights are "
+            f"set). Command: `python benchmarks/grad_ratio.py --teacher {args.teacher}`.\n\n"
+            f"Machine: {machine_line()}, {time.strftime('%Y-%m-%d')}\n\n{table(rows)}\n")
     write_text_atomic(args.out, text)
     print(text)
     return 0

@@ -212,7 +212,8 @@ def _record(label: str, method: str, run_list: List[Path], domains, ort_ms: Dict
     vals = [_best_val(r) for r in run_list]
     row["val_dice"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
     row["val_dice_sd"] = float(np.nanstd(vals)) if len(vals) > 1 else math.nan
-    row["val_late_gain"] = float(np.nanmean([_late_gain(r) for r in run_list]))
+    gains = [g for g in (_late_gain(r) for r in run_list) if math.isfinite(g)]
+    row["val_late_gain"] = float(np.mean(gains)) if gains else math.nan
     row["train_s_per_run"] = float(np.mean([_run_seconds(r) for r in run_list]))
     row["eval_s"] = float(eval_s)
     row["_runs"] = run_list
