@@ -85,7 +85,8 @@ def main(argv=None) -> int:
             f"student's parameters; \"before\" at the preset weight, \"after\" at the weight loss balancing "
             f"(`distill.balance: grad`) sets; cos = cosine of the term's gradient with the segmentation "
             f"gradient. Adversarial terms keep their preset weight (their critic is untrained when the weights are "
-            f"set). Command: `python benchmarks/grad_ratio.py --teacher {args.teacher}`.\n\n"
+            f"set); `pseudo_label` acts on unlabelled samples only, so on a fully labelled data set it has no gradient "
+            f"here and keeps its weight. Command: `python benchmarks/grad_ratio.py --teacher {args.teacher}`.\n\n"
             f"Machine: {machine_line()}, {time.strftime('%Y-%m-%d')}\n\n{table(rows)}\n")
     write_text_atomic(args.out, text)
     print(text)
