@@ -269,8 +269,12 @@ def test_named_teacher_is_trained_once_and_shared_and_students_get_their_own_dat
     from napari_medkd.config import load_config
 
     monkeypatch.setattr(bench, "_ort_ms", lambda run, log, shape=None: 1.0)
+    import shutil
+
     results = tmp_path / "results"
-    for name, extra in (("full", {}), ("scarce", {"student_data": {"labelled_cases": 1}})):
+    shutil.copytree(tiny_vessels / "test" / "images", tmp_path / "imgs")  # relative to the suite file
+    for name, extra in (("full", {}), ("scarce", {"student_data": {"labelled_cases": 1, "unlabelled_root": "imgs"},
+                                                   "student_kwargs": {"width": 0.5}})):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({
             "name": name, "data": str(tiny_vessels), "teacher": {"model": "unet_tiny", "name": "shared_t"},
@@ -285,6 +289,7 @@ def test_named_teacher_is_trained_once_and_shared_and_students_get_their_own_dat
     assert load_config(teacher / "config.yaml").data.labelled_cases is None
     kd = load_config(results / "scarce" / "cpu" / "runs" / "logit_kd_s0" / "config.yaml")
     assert kd.data.labelled_cases == 1 and kd.distill.teacher == str(teacher)
+    assert kd.data.unlabelled_root == str(tmp_path / "imgs") and kd.model.kwargs == {"width": 0.5}
     md = (results / "scarce" / "cpu" / "results.md").read_text(encoding="utf-8")
     assert "Headroom on validation" in md
 

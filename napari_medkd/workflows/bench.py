@@ -59,6 +59,7 @@ class Suite:
     distill: Dict[str, Any] = field(default_factory=dict)
     method_distill: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     student_data: Dict[str, Any] = field(default_factory=dict)   # data options of the students only
+    student_kwargs: Dict[str, Any] = field(default_factory=dict)  # the student's model options (width ...)
 
     @classmethod
     def load(cls, path: Path, preset: str) -> "Suite":
@@ -78,7 +79,9 @@ class Suite:
                    stage_iterations=dict(p.get("stage_iterations", {})),
                    fsd_tile=int(p.get("fsd_tile", raw.get("fsd_tile", 96))), jobs=int(p.get("jobs", 1)),
                    distill=dict(raw.get("distill") or {}, **(p.get("distill") or {})), method_distill=method_distill,
-                   student_data=dict(raw.get("student_data") or {}, **(p.get("student_data") or {})))
+                   student_data=_resolve_paths(dict(raw.get("student_data") or {}, **(p.get("student_data") or {})),
+                                               resolve),
+                   student_kwargs=dict(raw.get("student_kwargs") or {}))
 
     def teacher_run(self, results: Path, preset: str, runs: Path) -> Path:
         """Where the suite's teacher lives: ``teacher.run`` (a finished run folder, used as it is), else
@@ -89,6 +92,11 @@ class Suite:
         if self.teacher.get("name"):
             return Path(results) / "teachers" / preset / str(self.teacher["name"])
         return runs / "teacher"
+
+
+def _resolve_paths(options: Dict[str, Any], resolve) -> Dict[str, Any]:
+    """Folder options (``unlabelled_root``) relative to the suite file, as ``data`` is."""
+    return {k: (resolve(v) if k in ("unlabelled_root", "root") and v else v) for k, v in options.items()}
 
 
 BUDGET_KEYS = {"iterations", "epochs", "minutes"}
@@ -118,6 +126,7 @@ def _student_config(suite: Suite, method: str, seed: int, teacher_run: Path) -> 
     cfg = _config(suite, suite.student, seed, {})
     for k, v in suite.student_data.items():
         setattr(cfg.data, k, v)
+    cfg.model.kwargs = dict(suite.student_kwargs)
     cfg.distill.teacher = str(teacher_run)
     cfg.distill.method = method
     cfg.distill.stage_iterations = dict(suite.stage_iterations)
