@@ -32,6 +32,12 @@ def _as_size(patch_size: Union[int, Sequence[int]], nsp: int) -> Tuple[int, ...]
     return size
 
 
+def centred_pads(spatial: Sequence[int], size: Sequence[int]) -> List[Tuple[int, int]]:
+    """Per axis ``(before, after)`` zero padding that brings ``spatial`` up to ``size``, centred (the
+    extra voxel after); (0, 0) where the axis is long enough."""
+    return [(d // 2, d - d // 2) for d in (max(0, int(p) - int(s)) for p, s in zip(size, spatial))]
+
+
 def sample_patch(image_cf: np.ndarray, label: Optional[np.ndarray], patch_size: Union[int, Sequence[int]],
                  fg_prob: float = 0.33, rng: Optional[np.random.Generator] = None
                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -47,9 +53,8 @@ def sample_patch(image_cf: np.ndarray, label: Optional[np.ndarray], patch_size: 
     spatial = image_cf.shape[1:]
     if label is not None and label.shape != spatial:
         raise ValueError(f"label shape {label.shape} differs from image spatial shape {spatial}")
-    short = [max(0, p - s) for p, s in zip(size, spatial)]
-    if any(short):
-        pads = [(d // 2, d - d // 2) for d in short]
+    pads = centred_pads(spatial, size)
+    if any(sum(p) for p in pads):
         image_cf = np.pad(image_cf, [(0, 0)] + pads)
         if label is not None:
             label = np.pad(label, pads)

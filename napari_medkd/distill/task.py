@@ -46,6 +46,11 @@ def load_teacher(run: str | Path, device) -> Tuple[torch.nn.Module, ModelCard]:
 _SHARED_PREPROCESS = ("modality", "rgb_mode", "percentiles", "target_spacing", "ct_window", "slice_axis")
 
 
+def _comparable(v: Any) -> Any:
+    """Lists and tuples of numbers (spacing, percentiles, window) as tuples rounded to 1e-6; else as is."""
+    return tuple(round(float(x), 6) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def _preprocess_mismatch(teacher: Dict[str, Any], student: Dict[str, Any], teacher_dims: int) -> List[str]:
     out = []
     for key in _SHARED_PREPROCESS:
@@ -58,10 +63,7 @@ def _preprocess_mismatch(teacher: Dict[str, Any], student: Dict[str, Any], teach
         if key == "slice_axis" and teacher_dims != 2:
             continue
         a, b = teacher[key], student[key]
-        same = (a is None and b is None) or (a is not None and b is not None and
-                                             np.allclose(np.atleast_1d(a).astype(float), np.atleast_1d(b).astype(float))
-                                             if key in ("percentiles", "target_spacing", "ct_window") else a == b)
-        if not same:
+        if _comparable(a) != _comparable(b):
             out.append(f"{key}: teacher {a!r}, this run {b!r}")
     return out
 
@@ -84,6 +86,7 @@ def check_compatible(teacher: ModelCard, num_classes: int, in_channels: int, pre
 
 class DistillTask(SupervisedTask):
     name = "distill"
+    uses_unlabelled = True
 
     def __init__(self, student, num_classes: int, teacher, terms: List[Tuple[str, float, Any]],
                  run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0,
@@ -225,8 +228,7 @@ class DistillTask(SupervisedTask):
         """Mean gradient norms (on the student's own parameters) of the segmentation loss and of each term
         at weight 1, with cosines, over ``batches``; the student's batch-norm statistics are left as found."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        buffers = {k: v.clone() for k, v in self.model.state_dict().items() if not k.endswith("weight")
-                   and not k.endswith("bias")}
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
 
         def parts(batch):
             c = self._forward(batch, self.model)

@@ -48,7 +48,7 @@ def _make_sampler(cfg: RunConfig, task, cases, model_dims: int, seed: int) -> Pa
     sample would carry no loss and only thin the batch); a distilled one sees every case, with a fixed
     labelled share of each batch (``data.labelled_share``) when some cases are unlabelled."""
     share = None
-    if task.name == "supervised":
+    if not task.uses_unlabelled:
         cases = [c for c in cases if c.label is not None]
         if not cases:
             raise ValueError(f"{cfg.data.root}: none of the training cases has a mask, so there is nothing "

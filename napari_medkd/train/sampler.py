@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.augment import augment, intensity_jitter
 from ..data.prepare import PreparedCase
-from ..data.slices import sample_patch
+from ..data.slices import centred_pads, sample_patch
 
 
 class PatchSampler:
@@ -65,12 +65,10 @@ class PatchSampler:
 
         out = []
         for c in self.cases:
-            nsp = c.image.ndim - 1
-            axes = [a for a in range(nsp) if not (nsp == 3 and self.model_dims == 2 and a == self.axis)]
-            pads = [(0, 0)] * nsp
-            for a in axes:
-                d = max(0, self.patch - c.image.shape[1 + a])
-                pads[a] = (d // 2, d - d // 2)
+            spatial = c.image.shape[1:]
+            sliced = len(spatial) == 3 and self.model_dims == 2  # slices along self.axis are never padded
+            pads = centred_pads(spatial, [s if sliced and a == self.axis else self.patch
+                                          for a, s in enumerate(spatial)])
             if not any(sum(p) for p in pads):
                 out.append(c)
                 continue

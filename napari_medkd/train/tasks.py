@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Tuple
 
 class SupervisedTask:
     name = "supervised"
+    #: whether samples without a mask carry a loss (a teacher's terms do); if not, the sampler skips them
+    uses_unlabelled = False
 
     def __init__(self, model, num_classes: int):
         from monai.losses import DiceCELoss
