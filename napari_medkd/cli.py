@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .io.atomic import write_text_atomic
+from .cli_data import SERIES_HELP, add_inspect, add_validate_data
 from .io.resources import sample_data_dir, suite_path
 
 
@@ -169,17 +170,9 @@ def cmd_predict(args) -> int:
             raise CLIError(f"{dst} exists; pass --overwrite to replace it")
     for f in inputs:
         dst = out if single else out / mask_name(f)
-        p = predict_path(lm, f, dst, overwrite=args.overwrite)
+        p = predict_path(lm, f, dst, overwrite=args.overwrite, series=args.series)
         print(f"{f} -> {dst} ({p.seconds:.2f} s, labels {sorted(int(v) for v in __import__('numpy').unique(p.labels))})")
     return 0
-
-
-def cmd_validate(args) -> int:
-    from .data.validate import validate_dataset
-
-    report = validate_dataset(args.data)
-    print(report.format())
-    return 0 if report.ok else 1
 
 
 def cmd_models(args) -> int:
@@ -218,8 +211,8 @@ def cmd_pipeline(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medkd", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_train, _add_distill, _add_methods, _add_evaluate, _add_predict, _add_validate_data,
-                _add_models, _add_bench, _add_export, _add_infer, _add_pipeline):
+    for add in (_add_train, _add_distill, _add_methods, _add_evaluate, _add_predict, add_validate_data,
+                add_inspect, _add_models, _add_bench, _add_export, _add_infer, _add_pipeline):
         add(sub)  # one subcommand each, in the order `medkd --help` lists them
     return ap
 
@@ -271,13 +264,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", required=True, help="mask file (single input) or folder")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--series", help=SERIES_HELP)
     p.set_defaults(fn=cmd_predict)
-
-
-def _add_validate_data(sub) -> None:
-    p = sub.add_parser("validate-data", help="check a data set folder and summarise it")
-    p.add_argument("data")
-    p.set_defaults(fn=cmd_validate)
 
 
 def _add_models(sub) -> None:
@@ -365,6 +353,7 @@ def _add_infer(subparsers) -> None:
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: physical cores)")
     p.add_argument("--cpu", action="store_true", help="CPU only, even if CUDA is available")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--series", help=SERIES_HELP)
     p.set_defaults(fn=cmd_infer)
 
 
@@ -378,7 +367,8 @@ def cmd_infer(args) -> int:
         print(f"{r.source} -> {r.output} ({r.seconds:.2f} s, {r.ms_per_slice:.1f} ms/slice, labels {r.labels_present})",
               flush=True)
 
-    infer_path(args.model, args.input, args.output, overwrite=args.overwrite, segmenter=seg, on_result=show)
+    infer_path(args.model, args.input, args.output, overwrite=args.overwrite, segmenter=seg, on_result=show,
+               series=args.series)
     return 0
 
 

@@ -152,9 +152,12 @@ def test_two_dicom_series_in_one_folder(tmp_path):
     picked = read_image(tmp_path, series_uid=found["small"].uid)
     assert picked.array.shape == (3, 5, 5) and (picked.array == 10).all()
     np.testing.assert_allclose(picked.spacing, (1.0, 1.0, 2.0), atol=1e-4)
-    with pytest.warns(UserWarning, match="2 DICOM series"):
-        default = read_image(tmp_path)
-    assert default.array.shape == (5, 5, 5) and (default.array == 20).all()
+    with pytest.raises(ImageReadError, match="2 DICOM series found; choose one") as err:
+        read_image(tmp_path)  # never silently the largest
+    assert "1.2.826.0.1.3680043.9.7.1" in str(err.value) and "1.2.826.0.1.3680043.9.7.2" in str(err.value)
+    index = [s.description for s in list_dicom_series(tmp_path)].index("large")
+    by_index = read_image(tmp_path, series_uid=str(index))
+    assert by_index.array.shape == (5, 5, 5) and (by_index.array == 20).all()
     with pytest.raises(ImageReadError, match="no DICOM series with UID"):
         read_image(tmp_path, series_uid="1.2.3")
     with pytest.raises(FileExistsError):

@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     "Case": "datasets", "DatasetSpec": "datasets", "load_dataset": "datasets", "load_label": "datasets",
     "ValidationReport": "validate", "Problem": "validate", "validate_dataset": "validate",
+    "DataError": "validate", "check_dataset": "validate", "require_valid": "validate",
     "PreprocessConfig": "prepare", "preprocess_image": "prepare", "normalize_intensity": "prepare",
     "resample_to_spacing": "prepare", "pad_to_multiple": "prepare", "crop_back": "prepare",
     "prepare_image": "prepare", "prepare_case": "prepare", "labels_to_source_grid": "prepare",

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -51,6 +52,8 @@ class DatasetSpec:
     # (file, message) for entries that point at missing files, duplicate stems and the like
     issues: List[Tuple[Path, str]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # dataset.json contents (Decathlon layout)
+    # (file, message) for files the layout ignores (not listed in dataset.json): warnings, not errors
+    notes: List[Tuple[Path, str]] = field(default_factory=list)
 
     def split(self, name: str) -> List[Case]:
         name = _SPLIT_ALIASES.get(name.lower(), name)
@@ -109,9 +112,37 @@ def _rel(base: Path, p: str) -> Path:
     return q if q.is_absolute() else (base / q)
 
 
+def escapes_root(p: str) -> bool:
+    """True for a path that is absolute (POSIX or Windows) or climbs out of its folder with ``..``
+    (checked on the text, so a data set's own symbolic links stay usable)."""
+    s = str(p).strip()
+    win = PureWindowsPath(s)
+    if PurePosixPath(s).is_absolute() or win.drive or win.root:
+        return True
+    parts = os.path.normpath(s.replace("\\", "/")).split(os.sep)
+    return parts[0] == ".."
+
+
+def _json_entry_paths(root: Path, entry, key: str, js: Path, issues) -> Optional[Tuple[Path, Optional[Path]]]:
+    """The (image, label) paths of one dataset.json entry, or None (an issue recorded) for an entry
+    that names no image or a path outside the data set folder, which is never opened."""
+    if isinstance(entry, str):
+        entry = {"image": entry}
+    elif not isinstance(entry, dict) or not entry.get("image"):
+        issues.append((js, f"entry {entry!r} in '{key}' names no image"))
+        return None
+    names = [str(entry[k]) for k in ("image", "label") if entry.get(k)]
+    outside = [n for n in names if escapes_root(n)]
+    if outside:
+        issues.append((js, f"entry {entry!r} in '{key}': {', '.join(repr(n) for n in outside)} leads outside "
+                           f"the data set folder {root}; refused (paths must be relative, inside the folder)"))
+        return None
+    return _rel(root, names[0]), (_rel(root, names[1]) if len(names) > 1 else None)
+
+
 # ---------------------------------------------------------------------------------------------- layouts
 
-def _scan_msd(root: Path, issues) -> Tuple[List[Case], List[Path], dict]:
+def _scan_msd(root: Path, issues, notes) -> Tuple[List[Case], List[Path], dict]:
     meta: dict = {}
     js = root / "dataset.json"
     cases: List[Case] = []
@@ -123,14 +154,10 @@ def _scan_msd(root: Path, issues) -> Tuple[List[Case], List[Path], dict]:
             raise ValueError(f"{js}: cannot read dataset.json ({e})") from e
         for split, key in (("train", "training"), ("val", "validation"), ("test", "test")):
             for entry in meta.get(key, []) or []:
-                if isinstance(entry, str):
-                    img, lbl = _rel(root, entry), None
-                elif not isinstance(entry, dict) or not entry.get("image"):
-                    issues.append((js, f"entry {entry!r} in '{key}' names no image"))
+                paths = _json_entry_paths(root, entry, key, js, issues)
+                if paths is None:
                     continue
-                else:
-                    img = _rel(root, entry["image"])
-                    lbl = _rel(root, entry["label"]) if entry.get("label") else None
+                img, lbl = paths
                 if not img.exists():
                     if split != "test" or lbl is not None:  # MSD test lists may name absent files
                         issues.append((img, f"listed in dataset.json ('{key}') but the file does not exist"))
@@ -144,7 +171,7 @@ def _scan_msd(root: Path, issues) -> Tuple[List[Case], List[Path], dict]:
         listed = {c.image.resolve() for c in cases}
         for f in _list_images(root / "imagesTr"):
             if f.resolve() not in listed:
-                issues.append((f, "image in imagesTr/ is not listed in dataset.json; it is ignored"))
+                notes.append((f, "image in imagesTr/ is not listed in dataset.json; it is ignored"))
     else:
         labels = _by_stem(_list_images(root / "labelsTr"), issues)
         for stem, img in _by_stem(_list_images(root / "imagesTr"), issues).items():
@@ -159,7 +186,7 @@ def _scan_msd(root: Path, issues) -> Tuple[List[Case], List[Path], dict]:
                if f.resolve() not in used_labels and file_stem(f) not in image_stems]
     for f in _list_images(root / "labelsTr"):
         if f.resolve() not in used_labels and file_stem(f) in image_stems:
-            issues.append((f, "label in labelsTr/ is not used by any case in dataset.json"))
+            notes.append((f, "label in labelsTr/ is not used by any case in dataset.json; it is ignored"))
     return cases, orphans, meta
 
 
@@ -266,6 +293,7 @@ def scan_dataset(root_or_csv: Union[str, Path], class_names: Optional[Dict] = No
     if not path.exists():
         raise FileNotFoundError(f"{path}: data set folder or manifest does not exist")
     issues: List[Tuple[Path, str]] = []
+    notes: List[Tuple[Path, str]] = []
     orphans: List[Path] = []
     meta: dict = {}
     if path.is_file():
@@ -274,7 +302,7 @@ def scan_dataset(root_or_csv: Union[str, Path], class_names: Optional[Dict] = No
         layout, root, cases = "csv", path.parent, _scan_csv(path, issues)
     elif (path / "dataset.json").is_file() or (path / "imagesTr").is_dir():
         layout, root = "msd", path
-        cases, orphans, meta = _scan_msd(path, issues)
+        cases, orphans, meta = _scan_msd(path, issues, notes)
     else:
         layout, root = "paired", path
         cases, orphans = _scan_paired(path, issues)
@@ -290,7 +318,7 @@ def scan_dataset(root_or_csv: Union[str, Path], class_names: Optional[Dict] = No
         names = _int_keys(meta["labels"])
     else:
         names = dict(BINARY_CLASSES)
-    spec = DatasetSpec(root, layout, cases, names, "grey", 2, orphans, issues, meta)
+    spec = DatasetSpec(root, layout, cases, names, "grey", 2, orphans, issues, meta, notes)
     if cases and probe:
         from ..io.image_io import read_image
 

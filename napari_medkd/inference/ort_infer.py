@@ -279,9 +279,10 @@ def output_targets(inputs: Sequence[Path], src: Path, output: Path) -> List[Path
 
 
 def infer_path(onnx_path, input, output, overwrite: bool = False, segmenter: Optional[OrtSegmenter] = None,
-               on_result=None) -> List[InferResult]:
-    """Segment a 2D image, a folder of images, a volume or a DICOM series folder; write masks with the
-    source geometry. No file is overwritten unless ``overwrite``; all targets are checked first."""
+               on_result=None, series: Optional[str] = None) -> List[InferResult]:
+    """Segment a 2D image, a folder of images, a volume or a DICOM series folder (``series``: which
+    series, by UID or index); write masks with the source geometry. No file is overwritten unless
+    ``overwrite``; all targets are checked first."""
     from ..io.image_io import read_image, write_mask
     from .predict_files import list_inputs
 
@@ -301,7 +302,7 @@ def infer_path(onnx_path, input, output, overwrite: bool = False, segmenter: Opt
                                   "pass overwrite=True (--overwrite) to replace")
     results = []
     for f, t in zip(inputs, targets):
-        img = read_image(f)
+        img = read_image(f, series_uid=series)
         res = seg.segment(img)
         write_mask(res.labels, t, reference=img, overwrite=overwrite)
         r = InferResult(f, t, tuple(res.labels.shape), sorted(int(v) for v in np.unique(res.labels)), res.seconds,

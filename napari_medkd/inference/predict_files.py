@@ -66,8 +66,10 @@ def predict_image(lm: LoadedModel, img: MedicalImage, device=None) -> np.ndarray
     return labels_to_source_grid(labels, work, img)  # resampled: bring the mask back to the source grid
 
 
-def predict_path(lm: LoadedModel, src: Path, out: Optional[Path], overwrite: bool = False) -> Prediction:
-    img = read_image(src)
+def predict_path(lm: LoadedModel, src: Path, out: Optional[Path], overwrite: bool = False,
+                 series: Optional[str] = None) -> Prediction:
+    """Segment ``src`` (``series``: which DICOM series of a folder, by UID or index) and write ``out``."""
+    img = read_image(src, series_uid=series)
     t0 = time.perf_counter()
     labels = predict_image(lm, img)
     dt = time.perf_counter() - t0

@@ -8,13 +8,13 @@ the slice order reversed (same voxels in space, right-handed direction).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,27 +59,153 @@ def list_dicom_series(folder: PathLike) -> List[DicomSeries]:
     return out
 
 
+def _header(file: str):
+    """A slice's header (GDCM), or None if it cannot be parsed."""
+    import SimpleITK as sitk
+
+    info = sitk.ImageFileReader()
+    info.SetFileName(file)
+    info.SetImageIO("GDCMImageIO")
+    try:
+        info.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return info
+
+
+def _floats(text: str) -> Optional[np.ndarray]:
+    try:
+        return np.array([float(v) for v in text.split("\\")], float)
+    except ValueError:
+        return None
+
+
+def slice_offsets(files: Sequence[str]) -> Optional[np.ndarray]:
+    """Each slice's position along the slice normal (ImagePositionPatient projected on the row x column
+    of ImageOrientationPatient), in mm; None where a slice lacks the tags (nothing to check)."""
+    offsets = []
+    for f in files:
+        info = _header(f)
+        pos = _floats(_tag(info, "0020|0032")) if info is not None else None
+        iop = _floats(_tag(info, "0020|0037")) if info is not None else None
+        if pos is None or iop is None or pos.size != 3 or iop.size != 6:
+            return None
+        offsets.append(float(np.dot(pos, np.cross(iop[:3], iop[3:]))))
+    return np.asarray(offsets)
+
+
+def _stray_dicom_files(folder: Path, series: Sequence[DicomSeries]) -> List[str]:
+    """Files of ``folder`` that start like DICOM (``DICM`` at byte 128) but are in no series: slices
+    GDCM could not parse."""
+    listed = {os.path.basename(f) for s in series for f in s.files}
+    stray = []
+    for f in sorted(folder.iterdir()):
+        if f.name in listed or not f.is_file() or f.name.upper() == "DICOMDIR":
+            continue
+        with open(f, "rb") as fh:
+            head = fh.read(132)
+        if (head[128:132] == b"DICM" or f.suffix.lower() == ".dcm") and _header(str(f)) is None:
+            stray.append(f.name)
+    return stray
+
+
+def irregular_slices(files: Sequence[str], offsets: np.ndarray) -> Optional[str]:
+    """Why the slice positions are not evenly spaced (naming the slices), or None."""
+    if len(offsets) < 3:
+        return None
+    gaps = np.abs(np.diff(offsets))
+    step = float(np.median(gaps))
+    bad = np.flatnonzero(np.abs(gaps - step) > max(0.01 * step, 1e-3))
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    a, b = os.path.basename(files[i]), os.path.basename(files[i + 1])
+    if gaps[i] < 1e-6:
+        return f"slices {a} and {b} lie at the same position (a duplicate slice)"
+    missing = int(round(gaps[i] / step)) - 1 if step > 0 else 0
+    why = f" (about {missing} slice(s) missing)" if missing > 0 else ""
+    return (f"slices {a} and {b} are {gaps[i]:g} mm apart where the series' spacing is {step:g} mm{why}; "
+            f"{bad.size} irregular gap(s) in {len(files)} slices")
+
+
+def check_series_geometry(folder: Path, pick: DicomSeries, series: Sequence[DicomSeries]) -> None:
+    """Refuse a series whose slices are unevenly spaced, or a folder holding a corrupt slice: read
+    anyway, ITK would stretch the spacing over the gap (11 slices at 2.75 mm instead of 12 at 2.5)."""
+    stray = _stray_dicom_files(folder, series)
+    if stray:
+        raise ImageReadError(f"{folder}: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''} look(s) like "
+                             f"DICOM but cannot be read (corrupt or truncated slice?); repair or remove it "
+                             f"({len(stray)} file(s)), or the series would be read with a slice missing")
+    offsets = slice_offsets(pick.files)
+    why = irregular_slices(pick.files, offsets) if offsets is not None else None
+    if why:
+        raise ImageReadError(f"{folder}: DICOM series {pick.uid} has irregular slice spacing: {why}; "
+                             "the volume's geometry would be wrong")
+
+
+def describe_series(series: Sequence[DicomSeries]) -> str:
+    """One line per series, as `medkd inspect` lists them: index, UID, slices, size, spacing, description."""
+    return "\n".join(f"  {i}: {s.uid}  '{s.description}'  {s.n_files} files" for i, s in enumerate(series))
+
+
+def _series_row(i: int, s: DicomSeries) -> str:
+    """``i  UID  slices  size  spacing  description`` (size and spacing in x, y, z order)."""
+    info = _header(s.files[0])
+    size = tuple(info.GetSize()[:2]) if info is not None else ("?", "?")
+    spacing = list(info.GetSpacing()[:2]) if info is not None else [math.nan, math.nan]
+    offsets = slice_offsets(s.files)
+    step = float(np.median(np.abs(np.diff(offsets)))) if offsets is not None and len(offsets) > 1 else math.nan
+    note = ""
+    if offsets is not None and irregular_slices(s.files, offsets):
+        note = "  [irregular slice spacing]"
+    size_s = "x".join(str(v) for v in size + (s.n_files,))
+    spacing_s = "x".join(f"{v:.3g}" for v in spacing + [step])
+    return f"{i:>3}  {s.uid:<64}  {s.n_files:>6}  {size_s:>14}  {spacing_s:>16}  {s.description}{note}"
+
+
+def inspect_dicom_folder(folder: PathLike) -> str:
+    """The series of ``folder`` as a table (index, UID, slices, size, spacing in mm, description): what
+    `medkd inspect` prints, and the indices ``series_uid`` accepts."""
+    folder = Path(folder)
+    series = list_dicom_series(folder)
+    if not series:
+        raise ImageReadError(f"{folder}: no DICOM series found in this folder")
+    head = f"{'#':>3}  {'series UID':<64}  {'slices':>6}  {'size (x,y,z)':>14}  {'spacing (mm)':>16}  description"
+    lines = [f"{folder}: {len(series)} DICOM series", head] + [_series_row(i, s) for i, s in enumerate(series)]
+    stray = _stray_dicom_files(folder, series)
+    if stray:
+        lines.append(f"unreadable DICOM file(s): {', '.join(stray)}")
+    return "\n".join(lines)
+
+
+def choose_series(folder: Path, series: Sequence[DicomSeries], choice: Optional[str]) -> DicomSeries:
+    """The series ``choice`` names (its UID, or its index in :func:`list_dicom_series`); the only one
+    when ``choice`` is None; an error listing them when there are several and none is chosen."""
+    if choice is None:
+        if len(series) == 1:
+            return series[0]
+        raise ImageReadError(f"{folder}: {len(series)} DICOM series found; choose one by UID or index "
+                             f"(medkd: --series; `medkd inspect {folder}` describes them):\n"
+                             + describe_series(series))
+    by_uid = [s for s in series if s.uid == str(choice)]
+    if by_uid:
+        return by_uid[0]
+    if str(choice).isdigit() and int(choice) < len(series):
+        return series[int(choice)]
+    raise ImageReadError(f"{folder}: no DICOM series with UID or index {choice}; found:\n" + describe_series(series))
+
+
 def read_dicom_series(folder: PathLike, series_uid: Optional[str] = None) -> MedicalImage:
-    """Read one series of ``folder``: ``series_uid``, else the only one, else the one with most slices
-    (with a warning)."""
+    """Read one series of ``folder``: ``series_uid`` (a UID or an index), else the only one. Refuses
+    several series without a choice, a corrupt slice and unevenly spaced slices."""
     import SimpleITK as sitk
 
     folder = Path(folder)
     series = list_dicom_series(folder)
     if not series:
         raise ImageReadError(f"{folder}: no DICOM series found in this folder")
-    if series_uid is not None:
-        chosen = [s for s in series if s.uid == series_uid]
-        if not chosen:
-            raise ImageReadError(f"{folder}: no DICOM series with UID {series_uid}; found "
-                                 f"{', '.join(s.uid for s in series)}")
-        pick = chosen[0]
-    else:
-        pick = max(series, key=lambda s: s.n_files)
-        if len(series) > 1:
-            warnings.warn(f"{folder}: {len(series)} DICOM series found; reading {pick.uid} "
-                          f"('{pick.description}', {pick.n_files} files, the most slices); "
-                          f"pass series_uid= to choose another", UserWarning, stacklevel=3)
+    pick = choose_series(folder, series, series_uid)
+    check_series_geometry(folder, pick, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(pick.files))
     try:

@@ -287,7 +287,7 @@ def _finish(r: _Run, status: str) -> Dict[str, Any]:
 
 def _train(r: _Run, stop: _StopFlag, resume: bool) -> Dict[str, Any]:
     t0 = time.time()
-    data = _load_data(r.cfg, r.main)
+    data = _load_data(r.cfg, r.main, r.run_dir)
     _build(r, data)
     if resume:
         _restore(r)
