@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -280,12 +281,13 @@ def test_infer_accepts_series(monkeypatch, tmp_path):
         def __init__(self, *a, **k):
             pass
 
-    def fake_infer_path(model, src, out, **kw):
+    def fake_infer(model, src, out, **kw):
         seen.update(kw)
-        return []
+        return SimpleNamespace(skipped=[], results=[])
 
     monkeypatch.setattr(ort, "OrtSegmenter", FakeSeg)
-    monkeypatch.setattr(ort, "infer_path", fake_infer_path)
+    for name in ("infer_path", "infer_batch"):  # whichever the CLI calls
+        monkeypatch.setattr(ort, name, fake_infer, raising=False)
     assert main(["infer", "--model", "m.onnx", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
                  "--series", "2"]) == 0
     assert seen["series"] == "2"
