@@ -169,6 +169,26 @@ def test_a_suite_distill_terms_override_reaches_the_run(tiny_vessels, tmp_path, 
     assert not any("WARNING" in m for m in logs)  # the teacher's budget is in iterations
 
 
+def test_a_row_can_name_its_method_preset_and_settings(tmp_path):
+    """``{name: ROW, method: PRESET, distill: {...}}`` puts one preset in several rows with other settings
+    (validation tuning): the row's runs carry the preset as their method and the row's distill keys, and
+    the plain row keeps the defaults."""
+    from napari_medkd.workflows.bench import Suite, _student_config
+
+    suite = _suite(tmp_path, tmp_path, tmp_path)
+    raw = yaml.safe_load(suite.read_text(encoding="utf-8"))
+    raw["methods"] = ["none", "pseudo_label", {"name": "pseudo_label_nowarm", "method": "pseudo_label",
+                                                "distill": {"warmup": None}}]
+    suite.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    s = Suite.load(suite, "cpu")
+    assert s.methods == ["none", "pseudo_label", "pseudo_label_nowarm"]
+    plain = _student_config(s, "pseudo_label", 0, tmp_path / "teacher")
+    tuned = _student_config(s, "pseudo_label_nowarm", 0, tmp_path / "teacher")
+    assert plain.distill.method == tuned.distill.method == "pseudo_label"
+    assert plain.distill.warmup == [0.2, 0.6] and tuned.distill.warmup is None
+    assert _student_config(s, "none", 0, tmp_path / "teacher").distill.method == "none"
+
+
 def test_a_minutes_only_teacher_budget_is_warned_about(tmp_path):
     from napari_medkd.workflows.bench import Suite, _teacher_config
 

@@ -30,15 +30,19 @@ from .bench_table import COST_SHAPES, _gap, write_outputs
 
 
 def _method_entries(entries) -> tuple:
-    """Names and per-method ``distill`` keys of a suite's ``methods`` (names or ``{name, distill}``)."""
-    names, distill = [], {}
+    """Row names, per-row ``distill`` keys and per-row method presets of a suite's ``methods``: plain
+    preset names, or ``{name: ROW, method: PRESET, distill: {...}}`` (``method`` defaults to ``name``), so
+    one preset can appear in several rows with other settings (e.g. ``pseudo_label_nowarm``)."""
+    names, distill, presets = [], {}, {}
     for e in entries:
         if isinstance(e, dict):
-            names.append(str(e["name"]))
-            distill[str(e["name"])] = dict(e.get("distill") or {})
+            name = str(e["name"])
+            names.append(name)
+            distill[name] = dict(e.get("distill") or {})
+            presets[name] = str(e.get("method") or name)
         else:
             names.append(str(e))
-    return names, distill
+    return names, distill, presets
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Suite:
     jobs: int = 1
     distill: Dict[str, Any] = field(default_factory=dict)
     method_distill: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    method_preset: Dict[str, str] = field(default_factory=dict)  # row name -> method preset, where they differ
     student_data: Dict[str, Any] = field(default_factory=dict)   # data options of the students only
     student_kwargs: Dict[str, Any] = field(default_factory=dict)  # the student's model options (width ...)
 
@@ -70,7 +75,7 @@ class Suite:
         p = presets[preset]
         base = Path(path).resolve().parent
         resolve = lambda d: str((base / d).resolve()) if not Path(d).is_absolute() else d  # noqa: E731
-        methods, method_distill = _method_entries(p.get("methods", raw["methods"]))
+        methods, method_distill, method_preset = _method_entries(p.get("methods", raw["methods"]))
         return cls(name=raw["name"], data=resolve(raw["data"]), teacher=dict(raw["teacher"], **p.get("teacher", {})),
                    student=raw["student"], methods=methods,
                    seeds=list(p.get("seeds", raw.get("seeds", [0, 1, 2]))), train=dict(p.get("train", {})),
@@ -79,6 +84,7 @@ class Suite:
                    stage_iterations=dict(p.get("stage_iterations", {})),
                    fsd_tile=int(p.get("fsd_tile", raw.get("fsd_tile", 96))), jobs=int(p.get("jobs", 1)),
                    distill=dict(raw.get("distill") or {}, **(p.get("distill") or {})), method_distill=method_distill,
+                   method_preset=method_preset,
                    student_data=_resolve_paths(dict(raw.get("student_data") or {}, **(p.get("student_data") or {})),
                                                resolve),
                    student_kwargs=dict(raw.get("student_kwargs") or {}))
@@ -120,19 +126,21 @@ def _config(suite: Suite, model: str, seed: int, train_over: Dict[str, Any]) -> 
     return cfg
 
 
-def _student_config(suite: Suite, method: str, seed: int, teacher_run: Path) -> RunConfig:
-    """A student run's config: the student alone for ``none``, else distilled from ``teacher_run`` with
-    the method, the suite's stage lengths and any ``distill`` keys of the suite or the method entry."""
+def _student_config(suite: Suite, row: str, seed: int, teacher_run: Path) -> RunConfig:
+    """A student run's config for the suite row ``row``: the student alone for ``none``, else distilled
+    from ``teacher_run`` with the row's method preset, the suite's stage lengths and any ``distill`` keys
+    of the suite or the row's entry."""
     cfg = _config(suite, suite.student, seed, {})
     for k, v in suite.student_data.items():
         setattr(cfg.data, k, v)
     cfg.model.kwargs = dict(suite.student_kwargs)
     cfg.distill.teacher = str(teacher_run)
+    method = suite.method_preset.get(row, row)
     cfg.distill.method = method
     cfg.distill.stage_iterations = dict(suite.stage_iterations)
     if method == "none":
         return cfg
-    extra = {**suite.distill, **suite.method_distill.get(method, {})}
+    extra = {**suite.distill, **suite.method_distill.get(row, {})}
     bad = set(extra) - _DISTILL_KEYS
     if bad:
         raise ConfigError(f"suite {suite.name}: unknown distill key(s) {sorted(bad)}; allowed: {sorted(_DISTILL_KEYS)}")
