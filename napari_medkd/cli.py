@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .io.atomic import write_text_atomic
+from .cli_args import non_negative_float, non_negative_int, opset, positive_float, positive_int
+from .io.atomic import describe_os_error, write_text_atomic
 from .cli_data import SERIES_HELP, add_inspect, add_validate_data
 from .io.resources import sample_data_dir, suite_path
 
@@ -18,16 +19,16 @@ class CLIError(Exception):
 
 def _add_budget(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget and training options (override the config)")
-    g.add_argument("--iterations", type=int)
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--minutes", type=float)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--patch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--iterations", type=positive_int)
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--minutes", type=positive_float)
+    g.add_argument("--batch-size", type=positive_int)
+    g.add_argument("--patch-size", type=positive_int)
+    g.add_argument("--lr", type=positive_float)
+    g.add_argument("--seed", type=non_negative_int)
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    g.add_argument("--val-every", type=int)
-    g.add_argument("--threads", type=int)
+    g.add_argument("--val-every", type=positive_int)
+    g.add_argument("--threads", type=positive_int)
     g.add_argument("--config", help="YAML run configuration (yaml.safe_load)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run in RUN_DIR")
 
@@ -253,7 +254,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fsd-against", metavar="DATA2", help="also the Fréchet Semantic Distance between this split "
                    "of --data and of DATA2 (another domain), from the student MSAN of a GKD run")
     p.add_argument("--msan", metavar="GKD_RUN", help="take the MSAN probe from this GKD run (default: --model)")
-    p.add_argument("--fsd-tile", type=int, default=96, help="tile size for the FSD semantic vectors")
+    p.add_argument("--fsd-tile", type=positive_int, default=96, help="tile size for the FSD semantic vectors")
     p.set_defaults(fn=cmd_evaluate)
 
 
@@ -270,7 +271,7 @@ def _add_predict(sub) -> None:
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list registered models with parameters and MACs")
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", type=positive_int, default=256)
     p.set_defaults(fn=cmd_models)
 
 
@@ -281,7 +282,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--preset", default="cpu", help="cpu (2 cores, < 1 h) or gpu (the papers' sizes)")
     p.add_argument("--results", default="results")
     p.add_argument("--methods", nargs="+", help="only these of the suite's methods (the rest can follow later)")
-    p.add_argument("--jobs", type=int, help="student runs trained at once, each on its share of the CPU threads "
+    p.add_argument("--jobs", type=positive_int, help="student runs trained at once, each on its share of the CPU threads "
                    "(default: the preset's jobs, else 1)")
     p.set_defaults(fn=cmd_bench)
 
@@ -291,10 +292,10 @@ def _add_pipeline(sub) -> None:
                                         "evaluation, ONNX export and report")
     p.add_argument("--data", default=str(sample_data_dir("hippocampus")), help="default: the packaged sample")
     p.add_argument("--out", default="medkd_out")
-    p.add_argument("--teacher-iterations", type=int, default=600)
-    p.add_argument("--student-iterations", type=int, default=1200)
-    p.add_argument("--distill-iterations", type=int, help="default: as --student-iterations")
-    p.add_argument("--labelled", type=int, default=2,
+    p.add_argument("--teacher-iterations", type=positive_int, default=600)
+    p.add_argument("--student-iterations", type=positive_int, default=1200)
+    p.add_argument("--distill-iterations", type=positive_int, help="default: as --student-iterations")
+    p.add_argument("--labelled", type=non_negative_int, default=2,
                    help="labelled training cases the students get (the teacher gets all); 0: all")
     p.add_argument("--teacher", default="unet")
     p.add_argument("--student", default="unet_tiny")
@@ -312,10 +313,10 @@ def _add_export(subparsers) -> None:
     p.add_argument("--model", dest="model_opt", metavar="MODEL", help="run folder or checkpoint")
     p.add_argument("model", nargs="?", help="the same, given without --model")
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=opset, default=18)
     p.add_argument("--images", nargs="*", help="images for the parity check (default: the run's test images)")
     p.add_argument("--exporter", default="auto", choices=EXPORTERS)
-    p.add_argument("--atol", type=float, default=1e-4)
+    p.add_argument("--atol", type=non_negative_float, default=1e-4)
     p.add_argument("--int8", metavar="FILE", help="also write a static int8 (QDQ) quantised copy here")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)
@@ -350,7 +351,7 @@ def _add_infer(subparsers) -> None:
     p.add_argument("model", nargs="?", help="the same, given without --model")
     p.add_argument("--input", required=True, help="image file, volume, DICOM folder, or folder of images")
     p.add_argument("--output", required=True, help="mask file (single input) or folder")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: physical cores)")
+    p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: physical cores)")
     p.add_argument("--cpu", action="store_true", help="CPU only, even if CUDA is available")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--series", help=SERIES_HELP)
@@ -379,8 +380,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except (CLIError, ValueError, KeyError, RuntimeError) as exc:
         print(f"medkd {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a missing file, a read-only folder, a full disk: the path and the cause
+        print(f"medkd {args.cmd}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
 
 

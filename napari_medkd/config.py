@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -13,6 +14,65 @@ from .io.atomic import write_text_atomic
 
 class ConfigError(ValueError):
     pass
+
+
+# -- numeric ranges: checked here for every config, and at parse time by the CLI (cli_args.py) -------------
+Rule = Tuple[float, Optional[float], bool]   # (low, high or None, low excluded)
+POSITIVE: Rule = (0.0, None, True)
+NON_NEGATIVE: Rule = (0.0, None, False)
+FRACTION: Rule = (0.0, 1.0, False)
+
+
+def _wanted(rule: Rule, integer: bool) -> str:
+    low, high, low_open = rule
+    kind = "whole number" if integer else "number"
+    if high is not None:
+        return f"a {kind} from {low:g} to {high:g}"
+    if low == 0:
+        return f"a {'positive' if low_open else 'non-negative'} {kind}"
+    return f"a {kind} {'above' if low_open else 'of at least'} {low:g}"
+
+
+def range_problem(value: float, rule: Rule, integer: bool = False) -> Optional[str]:
+    """None if ``value`` is a finite number within ``rule``, else what it must be (``must be ...``)."""
+    low, high, low_open = rule
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and (high is None or value <= high)
+    return None if ok and (not integer or float(value).is_integer()) else f"must be {_wanted(rule, integer)}"
+
+
+RANGES: Dict[str, Dict[str, Rule]] = {
+    "data": {"patch_size": POSITIVE, "fg_prob": FRACTION, "val_fraction": FRACTION, "labelled_fraction": FRACTION,
+             "labelled_cases": NON_NEGATIVE, "labelled_share": FRACTION, "slice_axis": (0.0, 2.0, False)},
+    "train": {"batch_size": POSITIVE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "iterations": POSITIVE,
+              "epochs": POSITIVE, "minutes": POSITIVE, "iters_per_epoch": POSITIVE, "val_every": POSITIVE,
+              "seed": NON_NEGATIVE, "threads": POSITIVE, "log_every": POSITIVE},
+    "distill": {"grad_ratio": NON_NEGATIVE, "balance_batches": POSITIVE},
+}
+
+
+def _checked_number(where: str, value: Any, rule: Rule, integer: bool) -> Any:
+    """``value`` as a number (YAML reads ``1e-3`` as text), or a ConfigError naming the setting."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    problem = range_problem(number, rule, integer)
+    if problem:
+        raise ConfigError(f"{where} {problem}, got {value!r}")
+    return int(number) if integer else number
+
+
+def _check_ranges(cfg: "RunConfig") -> None:
+    for section, rules in RANGES.items():
+        sub = getattr(cfg, section)
+        types = {f.name: str(f.type) for f in dataclasses.fields(sub)}
+        for key, rule in rules.items():
+            integer = "int" in types[key]
+            setattr(sub, key, _checked_number(f"{section}.{key}", getattr(sub, key), rule, integer))
 
 
 @dataclass
@@ -102,6 +162,7 @@ class RunConfig:
                 raise ConfigError(f"unknown key(s) in '{f.name}': {sorted(bad)}; allowed: {sorted(names)}")
             kw[f.name] = sub_cls(**sub)
         cfg = cls(**kw)
+        _check_ranges(cfg)
         if cfg.data.class_names:
             cfg.data.class_names = {int(k): str(v) for k, v in cfg.data.class_names.items()}
         return cfg
@@ -119,8 +180,11 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config {path} is not a YAML run configuration: it is not UTF-8 text (byte "
+                          f"0x{exc.object[exc.start]:02x} at offset {exc.start}); is it a binary file?") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -94,9 +94,9 @@ def test_grid_predictor_pads_centred_batches_slices_and_tiles_large_images():
     assert calls == [(4, 1, 16, 32)] * 2 + [(2, 1, 16, 32)]  # 10 slices along axis 1, 4 at a time
     np.testing.assert_array_equal(gp.labels(vol), as_labels(logits))  # labels per batch = argmax of all
     calls.clear()
-    big = rng.normal(size=(1, 100, 30)).astype(np.float32)  # over max_whole: 64 x 32 windows, blended
+    big = rng.normal(size=(1, 100, 60)).astype(np.float32)  # over max_whole squared: 64 x 64 windows, blended
     tiled = gp.logits(big)
-    assert tiled.shape == (2, 100, 30) and all(c[2:] == (64, 32) for c in calls)
+    assert tiled.shape == (2, 100, 60) and all(c[2:] == (64, 64) for c in calls)
     np.testing.assert_allclose(tiled[0], big[0], atol=1e-5)  # Gaussian blending of an identity is identity
     with pytest.raises(ValueError, match="3D model cannot segment a 2D image"):
         GridPredictor(_fake_run([]), model_dims=3).logits(big)

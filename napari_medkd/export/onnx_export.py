@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..card import ONNX_KEYS, ModelCard
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, is_write_error, write_error_of
 
 METADATA_KEYS = ONNX_KEYS
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -204,9 +205,31 @@ def _check_target(out: Path, exporter: str, overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
 
 
+def _os_error_behind(exc: BaseException, tmp: str) -> Optional[OSError]:
+    """The ``OSError`` behind an exporter's failure: in its chain of causes, or (a full disk, a file-size
+    limit the exporter reported as something else) what a probe write to ``tmp`` meets now."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if is_write_error(seen, (tmp,)):
+            return seen  # type: ignore[return-value]
+        seen = seen.__cause__ or seen.__context__
+    return write_error_of(tmp)
+
+
+def _check_writable(tmp: str) -> None:
+    """Fail in a moment, not after a minute of exporting, when the output cannot be written at all."""
+    problem = write_error_of(tmp)
+    if problem is not None:
+        raise problem  # atomic_path names the output file
+    os.truncate(tmp, 0)
+
+
 def _run_exporters(model, x, div: int, dims: int, tmp: str, opset: int, exporter: str, model_name) -> str:
-    """Export with ``exporter`` (``auto``: dynamo, then TorchScript); the name of the one that worked."""
+    """Export with ``exporter`` (``auto``: dynamo, then TorchScript); the name of the one that worked.
+    An ``OSError`` (no space left, a file-size limit) ends the export at once: the next exporter would
+    meet it too."""
     errors = []
+    _check_writable(tmp)
     for name in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
         try:
             if name == "dynamo":
@@ -215,6 +238,9 @@ def _run_exporters(model, x, div: int, dims: int, tmp: str, opset: int, exporter
                 _export_torchscript(model, x, dims, tmp, opset)
             return name
         except Exception as exc:  # noqa: BLE001 - fall back, report both if all fail
+            os_error = _os_error_behind(exc, tmp)
+            if os_error is not None:
+                raise os_error from exc
             errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
     raise ExportCheckError(f"could not export {model_name} to ONNX: " + "; ".join(errors))
 

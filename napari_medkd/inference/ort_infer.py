@@ -3,8 +3,9 @@
 The ONNX file's metadata (written by ``export.onnx_export``) gives the preprocessing; images go
 through ``train.data.prepare_image`` (the training code path), so inference sees what training saw.
 Prediction is the grid predictor of ``models.predict`` (the one torch uses too) around the session:
-whole 2D images up to 1024 x 1024 padded centred to the size divisor, larger ones tiled with overlap
-and Gaussian blending; volumes slice by slice in batches; 3D models: 3D sliding window.
+whole 2D images of up to 1024 x 1024 pixels (any shape: a 1 x 5000 strip too) padded centred to the size
+divisor, larger ones tiled with overlap and Gaussian blending; volumes slice by slice in batches; 3D
+models: 3D sliding window.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from ..data.prepare import PreprocessConfig, labels_to_source_grid
 from ..io.image import MedicalImage
-from ..io.suffixes import is_supported, is_volume, stem_of, suffix_of
+from ..io.paths import may_be_dicom, not_a_regular_file
+from ..io.suffixes import SUPPORTED_EXTENSIONS, is_supported, is_volume, stem_of, suffix_of
 from ..io.image_io import read_image, write_mask
 from ..train.run_model import LoadedModel
 from ..models.predict import predict_labels
@@ -31,18 +32,19 @@ def list_inputs(path: Path) -> List[Path]:
     """A file, a DICOM folder, or a folder of image files / DICOM sub-folders."""
     if path.is_file():
         return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"input {path} does not exist")
-    files = sorted(p for p in path.iterdir() if p.is_file() and is_supported(p))
-    if files:
-        return files
-    dcm = [p for p in path.iterdir() if p.is_file()]
-    if dcm:
+    if not path.is_dir():  # missing, or a FIFO, a device, a link to /dev/zero: say which
+        raise FileNotFoundError(not_a_regular_file(path, "input"))
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    images = [p for p in files if is_supported(p)]
+    if images:
+        return images
+    if any(may_be_dicom(p) for p in files):
         return [path]  # a DICOM series folder
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if subdirs:
         return subdirs
-    raise FileNotFoundError(f"{path} holds no image files")
+    raise FileNotFoundError(f"no images found in {path} (supported: {', '.join(SUPPORTED_EXTENSIONS)} files, "
+                            "or a folder of DICOM files)")
 
 
 @dataclass

@@ -6,9 +6,10 @@ Axis conventions: ``MedicalImage.array`` is in numpy order ((z, y, x) or (y, x),
 2D bitmap formats (PNG, JPEG, TIFF, BMP, GIF) get unit geometry (spacing 1, origin 0, identity):
 their DPI tags describe print size, not anatomy. Writing to them keeps no geometry.
 
-Writes are atomic: the file (and, for ``.mhd``, its ``.raw`` data file) is written into a hidden
-temporary folder beside the target, then moved into place with ``os.replace`` (the ``.raw`` first,
-the header last), so an error never leaves a partial file at the target.
+Writes are atomic and verified: the file (and, for ``.mhd``, its ``.raw`` data file) is written into a
+hidden temporary folder beside the target, read back (SimpleITK only prints a short write, e.g. on a full
+disk), then moved into place with ``os.replace`` (the ``.raw`` first, the header last), so an error
+never leaves a partial file at the target; it names the target and the cause (no space left, ...).
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic import staging_dir
+from .atomic import named_error, staging_dir, write_error_of
 from .image import ImageReadError, ImageWriteError, MedicalImage, PathLike, image_from_sitk
 from .image import sitk_reason as _sitk_reason
+from .paths import not_a_regular_file
 from .suffixes import BITMAP_EXTENSIONS, SUPPORTED_EXTENSIONS, WRITE_EXTENSIONS, is_supported
 from .suffixes import FORMAT_NAMES as _FORMAT
 from .suffixes import suffix_of as _suffix
@@ -58,6 +60,9 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> MedicalImage
         from .dicom import read_dicom_series
 
         return read_dicom_series(p, series_uid)
+    problem = not_a_regular_file(p, "image")  # a FIFO, a device, a link to /dev/zero
+    if problem:
+        raise ImageReadError(problem)
     ext = _suffix(p)
     if ext not in SUPPORTED_EXTENSIONS:
         raise ImageReadError(f"{p}: unsupported file type '{ext or p.name}'; supported: "
@@ -99,6 +104,9 @@ def _read_with_pil(p: Path, ext: str, why: str = "") -> MedicalImage:
             elif im.mode not in ("L", "I", "I;16", "F"):
                 im = im.convert("RGB")
             arr = np.array(im)
+    except Image.DecompressionBombError as e:  # a header claiming, say, 60000 x 60000 pixels
+        raise ImageReadError(f"{p}: refused: the {_FORMAT[ext]} header claims more pixels than an image may "
+                             f"have ({e})") from e
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         reason = "; ".join(r for r in (why, f"Pillow: {e}") if r)
         raise ImageReadError(f"{p}: not a readable {_FORMAT[ext]} file (corrupt, truncated or another "
@@ -217,21 +225,57 @@ def _write(array, path: PathLike, reference: Optional[MedicalImage], overwrite: 
     return p
 
 
+def _read_back_problem(written: Path, img) -> Optional[str]:
+    """Why the file just written is not ``img`` in full (truncated, unreadable, another size), or None."""
+    import SimpleITK as sitk
+
+    if not written.is_file() or written.stat().st_size == 0:
+        return "nothing was written (0 bytes)"
+    if _suffix(written) in (".nii", ".nii.gz"):
+        problem = _nifti_problem(written)  # ITK zero-fills a truncated NIfTI file when reading it
+        if problem:
+            return problem
+    try:
+        back = sitk.ReadImage(str(written))
+    except RuntimeError as e:
+        return f"the written file does not read back: {_sitk_reason(e, written)}"
+    if back.GetSize() != img.GetSize() or back.GetNumberOfComponentsPerPixel() != img.GetNumberOfComponentsPerPixel():
+        return f"the written file reads back with size {back.GetSize()}, not {img.GetSize()}"
+    return None
+
+
+def _write_failed(p: Path, written: Path, detail: str) -> Exception:
+    """The error for a failed write of ``p``: an ``OSError`` with the operating system's reason when a
+    probe write finds one (no space left, file too large), else an :class:`ImageWriteError`."""
+    cause = write_error_of(written) if written.parent.is_dir() else None
+    if cause is not None and cause.errno is not None:
+        err = named_error(cause, p)
+        return type(err)(err.errno, f"{err.strerror} ({detail}); nothing was written", err.filename)
+    return ImageWriteError(f"{p}: writing failed: {detail}; nothing was written")
+
+
 def _atomic_write(img, p: Path, overwrite: bool, compress: bool) -> None:
     import SimpleITK as sitk
 
-    with staging_dir(p.parent) as tmp:
+    with staging_dir(p.parent, target=p) as tmp:
+        written = tmp / p.name
         try:
-            sitk.WriteImage(img, str(tmp / p.name), useCompression=compress)
+            sitk.WriteImage(img, str(written), useCompression=compress)
         except RuntimeError as e:
-            raise ImageWriteError(f"{p}: writing failed: {_sitk_reason(e, tmp / p.name)}") from e
+            raise _write_failed(p, written, _sitk_reason(e, written)) from e
+        problem = _read_back_problem(written, img)
+        if problem:
+            raise _write_failed(p, written, problem)
         produced = sorted(tmp.iterdir(), key=lambda f: f.name == p.name)  # data files first, header last
         if not overwrite:
             clash = [str(p.parent / f.name) for f in produced if (p.parent / f.name).exists()]
             if clash:
                 raise FileExistsError(f"{', '.join(clash)}: file exists; pass overwrite=True to replace it")
         for f in produced:
-            os.replace(f, p.parent / f.name)
+            try:
+                os.replace(f, p.parent / f.name)
+            except OSError as exc:
+                raise named_error(exc, p.parent / f.name) from exc
 
 
 def write_image(array, path: PathLike, reference: Optional[MedicalImage] = None,
@@ -245,6 +289,7 @@ def write_mask(mask, path: PathLike, reference: Optional[MedicalImage] = None, o
 
     Label values are stored as they are (a binary PNG holds 0/1, not 0/255). Raises
     :class:`ImageWriteError` on a bad mask, format or shape mismatch, ``FileExistsError`` if the
-    file exists and ``overwrite`` is false.
+    file exists and ``overwrite`` is false, an ``OSError`` naming the file and the cause when it cannot
+    be written in full (a read-only folder, no space left, a file-size limit).
     """
     return _write(mask, path, reference, overwrite, mask=True)

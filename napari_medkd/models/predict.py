@@ -3,9 +3,10 @@
 (``medkd infer``, Live) and the feature taps of the analysis widgets alike.
 
 A model is a ``run(batch) -> logits`` callable for a ``(B, C, *spatial)`` batch whose sizes are
-multiples of the model's size divisor. 2D images up to ``MAX_WHOLE_2D`` per side run whole, zero-padded
-centred to the divisor (split before/after as MONAI's sliding window pads); larger ones are tiled with
-overlap and Gaussian blending (MONAI ``sliding_window_inference``). A 2D model on a volume runs slice by
+multiples of the model's size divisor. 2D images of up to ``MAX_WHOLE_2D`` squared pixels (padded, no
+side over ``MAX_SIDE_2D``: a 1 x 5000 strip too) run whole, zero-padded centred to the divisor (split
+before/after as MONAI's sliding window pads); larger ones are tiled with overlap and Gaussian blending
+(MONAI ``sliding_window_inference``). A 2D model on a volume runs slice by
 slice along ``slice_axis`` in batches (labels are taken per batch, so whole-volume logits are not held
 when only labels are wanted); a 3D model runs a 3D sliding window of up to ``ROI_3D`` per side.
 """
@@ -18,7 +19,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-MAX_WHOLE_2D = 1024   # 2D images up to this size per side run in one go
+MAX_WHOLE_2D = 1024   # 2D images of up to this size squared (padded area) run in one go
+MAX_SIDE_2D = 16384   # ... if no side is longer than this
 ROI_3D = 96           # 3D sliding-window size per side
 OVERLAP = 0.25
 
@@ -101,9 +103,15 @@ class GridPredictor:
                                            overlap=self.overlap, mode="gaussian", padding_mode="constant")
         return out.numpy()
 
+    def fits_whole(self, spatial: Sequence[int]) -> bool:
+        """Whether a 2D image of this size runs in one go: by its padded area, so a long strip (1 x 5000)
+        is not cut into dozens of mostly-padding windows."""
+        padded = [int(math.ceil(s / self.size_divisor) * self.size_divisor) for s in spatial]
+        return max(padded) <= MAX_SIDE_2D and padded[0] * padded[1] <= self.max_whole ** 2
+
     def batch_2d(self, x: np.ndarray) -> np.ndarray:
         """Logits ``(B, K, a, b)`` of a batch of 2D images ``(B, C, a, b)``."""
-        if max(x.shape[2:]) <= self.max_whole:
+        if self.fits_whole(x.shape[2:]):
             xp, crop = pad_center(x, self.size_divisor, 2)
             return np.asarray(self.run(xp))[crop]
         return self.window(x, self._roi(x.shape[2:], self.max_whole))

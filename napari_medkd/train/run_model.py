@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..card import ModelCard
+from ..io.paths import not_a_regular_file, path_kind
 from .checkpoint import CheckpointError, load_checkpoint
 
 
@@ -25,7 +26,9 @@ def checkpoint_path(run: str | Path, which: str = "best") -> Path:
     if run.is_file():
         return run
     if not run.is_dir():
-        raise CheckpointError(f"{run} is neither a run folder nor a checkpoint file")
+        if path_kind(run) == "missing":
+            raise CheckpointError(f"{run} is neither a run folder nor a checkpoint file")
+        raise CheckpointError(not_a_regular_file(run, "model"))  # a FIFO, a device, a link to /dev/zero
     for name in (f"{which}.pt", "best.pt", "last.pt"):
         if (run / name).exists():
             return run / name
