@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .cli_args import non_negative_float, non_negative_int, opset, positive_float, positive_int
+from .io import jsonsafe
 from .io.atomic import describe_os_error, write_text_atomic
 from .cli_data import SERIES_HELP, add_inspect, add_validate_data
 from .io.resources import sample_data_dir, suite_path
@@ -59,8 +59,11 @@ def _print_event(rec) -> None:
         print(f"[start] {rec.get('model')} on {rec.get('device')}: {rec.get('params', 0):,} parameters, "
               f"{rec.get('train_cases')} training / {rec.get('val_cases')} validation cases", flush=True)
     elif ev == "stage":
-        if rec.get("status") in ("start", "done", "reused"):
-            print(f"[stage] {rec.get('name')}: {rec.get('status')}", flush=True)
+        if rec.get("status") in ("start", "done", "reused", "resumed", "stopped"):
+            at = f" at stage iteration {rec.get('done')}" if rec.get("status") in ("resumed", "stopped") else ""
+            print(f"[stage] {rec.get('name')}: {rec.get('status')}{at}", flush=True)
+    elif ev == "notice":
+        print(f"[note] {rec.get('message')}", flush=True)
     elif ev == "iter" and (rec["iter"] % 50 == 0 or rec["iter"] == 1):
         terms = " ".join(f"{k}={v:.4g}" for k, v in (rec.get("terms") or {}).items() if v is not None)
         print(f"[iter {rec['iter']:>6}] loss={rec['loss']:.4f} {terms} lr={rec['lr']:.2e} "
@@ -78,8 +81,8 @@ def cmd_train(args) -> int:
     run_dir = Path(args.resume or args.out or "")
     if not str(run_dir):
         raise CLIError("--out RUN_DIR is required")
-    res = run_training(cfg, run_dir, resume=bool(args.resume), on_event=_print_event)
-    print(json.dumps(res))
+    res = run_training(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, on_event=_print_event)
+    print(jsonsafe.dumps(res))
     return 0 if res["status"] == "finished" else 3
 
 
@@ -98,8 +101,8 @@ def cmd_distill(args) -> int:
     run_dir = Path(args.resume or args.out or "")
     if not str(run_dir):
         raise CLIError("--out RUN_DIR is required")
-    res = run_training(cfg, run_dir, resume=bool(args.resume), on_event=_print_event)
-    print(json.dumps(res))
+    res = run_training(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, on_event=_print_event)
+    print(jsonsafe.dumps(res))
     return 0 if res["status"] == "finished" else 3
 
 
@@ -129,7 +132,7 @@ def cmd_evaluate(args) -> int:
     if args.out:
         res.write(Path(args.out))
         if fsd is not None:
-            write_text_atomic(Path(args.out) / "fsd.json", json.dumps(fsd, indent=1))
+            write_text_atomic(Path(args.out) / "fsd.json", jsonsafe.dumps(fsd, indent=1))
         print(f"written: {args.out}/per_case.csv, summary.json" + (", fsd.json" if fsd is not None else ""))
     return 0
 
@@ -155,24 +158,21 @@ def _fsd_for_evaluate(args) -> dict:
 
 
 def cmd_predict(args) -> int:
-    from .inference.predict_files import list_inputs, mask_name, predict_path
+    import numpy as np
+
+    from .inference.batch import predict_batch
     from .train.run_model import load_run_model
 
     lm = load_run_model(args.model, which=args.checkpoint)
-    src = Path(args.input)
-    inputs = list_inputs(src)
-    out = Path(args.output)
-    single = len(inputs) == 1 and not (src.is_dir() and inputs[0] != src) and out.suffix != ""
-    if not single:
-        out.mkdir(parents=True, exist_ok=True)
-    for f in inputs:
-        dst = out if single else out / mask_name(f)
-        if dst.exists() and not args.overwrite:
-            raise CLIError(f"{dst} exists; pass --overwrite to replace it")
-    for f in inputs:
-        dst = out if single else out / mask_name(f)
-        p = predict_path(lm, f, dst, overwrite=args.overwrite, series=args.series)
-        print(f"{f} -> {dst} ({p.seconds:.2f} s, labels {sorted(int(v) for v in __import__('numpy').unique(p.labels))})")
+
+    def show(p) -> None:
+        print(f"{p.source} -> {p.output} ({p.seconds:.2f} s, labels {sorted(int(v) for v in np.unique(p.labels))})",
+              flush=True)
+
+    rep = predict_batch(lm, Path(args.input), Path(args.output), overwrite=args.overwrite,
+                        skip_existing=args.skip_existing, series=args.series, on_result=show)
+    if rep.skipped:
+        print(rep.summary())
     return 0
 
 
@@ -223,6 +223,7 @@ def _add_train(sub) -> None:
     p.add_argument("--data")
     p.add_argument("--model", help="registered model name (see `medkd models`)")
     p.add_argument("--out", help="new run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its own files only)")
     _add_budget(p)
     p.set_defaults(fn=cmd_train)
 
@@ -234,6 +235,7 @@ def _add_distill(sub) -> None:
     p.add_argument("--student", help="registered student model name")
     p.add_argument("--method", help="method preset (see `medkd methods`)")
     p.add_argument("--out", help="new run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its own files only)")
     _add_budget(p)
     p.set_defaults(fn=cmd_distill)
 
@@ -265,6 +267,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", required=True, help="mask file (single input) or folder")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--skip-existing", action="store_true", help="keep existing masks, segment the rest (resume a batch)")
     p.add_argument("--series", help=SERIES_HELP)
     p.set_defaults(fn=cmd_predict)
 
@@ -354,12 +357,13 @@ def _add_infer(subparsers) -> None:
     p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads (default: physical cores)")
     p.add_argument("--cpu", action="store_true", help="CPU only, even if CUDA is available")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--skip-existing", action="store_true", help="keep existing masks, segment the rest (resume a batch)")
     p.add_argument("--series", help=SERIES_HELP)
     p.set_defaults(fn=cmd_infer)
 
 
 def cmd_infer(args) -> int:
-    from .inference.ort_infer import InferResult, OrtSegmenter, infer_path
+    from .inference.ort_infer import InferResult, OrtSegmenter, infer_batch
 
     args.model = _model_arg(args)
     seg = OrtSegmenter(args.model, providers=["CPUExecutionProvider"] if args.cpu else None, threads=args.threads)
@@ -368,8 +372,10 @@ def cmd_infer(args) -> int:
         print(f"{r.source} -> {r.output} ({r.seconds:.2f} s, {r.ms_per_slice:.1f} ms/slice, labels {r.labels_present})",
               flush=True)
 
-    infer_path(args.model, args.input, args.output, overwrite=args.overwrite, segmenter=seg, on_result=show,
-               series=args.series)
+    rep = infer_batch(args.model, args.input, args.output, overwrite=args.overwrite, segmenter=seg, on_result=show,
+                      series=args.series, skip_existing=args.skip_existing)
+    if rep.skipped:
+        print(rep.summary())
     return 0
 
 

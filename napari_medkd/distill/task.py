@@ -5,7 +5,7 @@ names a teacher: each iteration runs the teacher (eval, no gradients) and the st
 hooks on the taps the terms need, adds the weighted terms to the student's segmentation loss (labelled samples
 only) and logs every term. Terms with trainable parts join the optimiser; adversarial terms get
 their own optimiser; terms with a pre-training stage run it first and keep it in
-``RUN_DIR/stages/`` so a resumed run reuses it.
+``RUN_DIR/stages/`` so a resumed run reuses it (or continues it from its last stage checkpoint).
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import torch
 
 from ..card import ModelCard
 from ..models.taps import FeatureTaps
-from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.tasks import SupervisedTask
 from .balance import calibrated_weights, measure, ramp, ratio_table
 from .methods import TermSpec, build_terms
-from .terms.base import KDContext, StageContext
+from .stages import run_stages
+from .terms.base import KDContext
 
 
 class DistillError(ValueError):
@@ -258,43 +258,9 @@ class DistillTask(SupervisedTask):
                     "cos_seg": before[label]["cos"], "grad": norms[label]["norm"]} for label in preset})
 
     def _pretrain_stages(self, ctx) -> bool:
-        """Run (or reuse) every term's pre-training stage; False when a stop request cut one short."""
-        stages_dir = self.run_dir / "stages"
-        emit, sampler, device = ctx["emit"], ctx["sampler"], ctx["device"]
-        done = set()
-        for label, _, term in self.terms:
-            stage = getattr(term, "PRETRAIN_STAGE", None)
-            owner = getattr(term, "stage_owner", term)  # shared parts are pre-trained once
-            if not stage or id(owner) in done:
-                continue
-            done.add(id(owner))
-            path = stages_dir / f"{stage}.pt"
-            if path.exists():
-                owner.load_state_dict(load_checkpoint(path)["model"])
-                emit("stage", name=stage, status="reused", path=str(path))
-                continue
-            iters = int(self.stage_iterations.get(stage, 200))
-            emit("stage", name=stage, status="start", iterations=iters)
-            t0 = time.time()
-            bs = ctx["cfg"].train.batch_size
-
-            def batches():
-                while True:
-                    b = sampler.sample(bs)
-                    yield {k: torch.as_tensor(v, device=device) for k, v in b.items()}
-
-            def log(ev, _stage=stage):
-                emit("stage_iter", name=_stage, **ev)
-
-            owner.pretrain(StageContext(self.teacher, self.model, batches, iters, device, log, ctx["stop"]))
-            if ctx["stop"]():  # not saved: a resumed run does this stage again
-                emit("stage", name=stage, status="stopped")
-                return False
-            if ctx["is_main"]:
-                save_checkpoint({"model": owner.state_dict(), "meta": json.dumps({"stage": stage,
-                                 "iterations": iters})}, path)
-            emit("stage", name=stage, status="done", seconds=round(time.time() - t0, 2))
-        return True
+        """Run (resume, or reuse) every term's pre-training stage (``distill/stages.py``: kept in
+        ``RUN/stages/``, with periodic checkpoints); False when a stop request cut one short."""
+        return run_stages(self, ctx)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"terms": {label: term.state_dict() for label, _, term in self.terms},

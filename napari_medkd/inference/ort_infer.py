@@ -271,44 +271,29 @@ class OrtSegmenter:
         return SliceResult(labels, 1000.0 * (time.perf_counter() - t0))
 
 
-def output_targets(inputs: Sequence[Path], src: Path, output: Path) -> List[Path]:
-    """Where each input's mask goes: ``output`` itself for one input and a file name, else ``output/<mask_name>``."""
-    from .predict_files import mask_name
-
-    single = len(inputs) == 1 and not (src.is_dir() and inputs[0] != src) and output.suffix != ""
-    return [output] if single else [output / mask_name(f) for f in inputs]
-
-
 def infer_path(onnx_path, input, output, overwrite: bool = False, segmenter: Optional[OrtSegmenter] = None,
-               on_result=None, series: Optional[str] = None) -> List[InferResult]:
+               on_result=None, series: Optional[str] = None, skip_existing: bool = False) -> List[InferResult]:
     """Segment a 2D image, a folder of images, a volume or a DICOM series folder (``series``: which
-    series, by UID or index); write masks with the source geometry. No file is overwritten unless
-    ``overwrite``; all targets are checked first."""
+    series, by UID or index); write masks with the source geometry. All targets are checked first: none
+    is overwritten unless ``overwrite``, existing ones are kept with ``skip_existing``. Every file of a
+    folder is tried; :class:`~napari_medkd.inference.batch.BatchError` lists the failures at the end."""
+    return infer_batch(onnx_path, input, output, overwrite, segmenter, on_result, series, skip_existing).results
+
+
+def infer_batch(onnx_path, input, output, overwrite: bool = False, segmenter: Optional[OrtSegmenter] = None,
+                on_result=None, series: Optional[str] = None, skip_existing: bool = False):
+    """:func:`infer_path`, returning the batch's :class:`~napari_medkd.inference.batch.BatchReport`."""
     from ..io.image_io import read_image, write_mask
-    from .predict_files import list_inputs
+    from .batch import run_batch
 
     seg = segmenter or OrtSegmenter(onnx_path)
-    src, out = Path(input), Path(output)
-    inputs = list_inputs(src)
-    targets = output_targets(inputs, src, out)
-    seen: Dict[Path, Path] = {}
-    for f, t in zip(inputs, targets):
-        if t in seen:
-            raise FileExistsError(f"{seen[t]} and {f} would both be written to {t}; segment them separately")
-        seen[t] = f
-    if not overwrite:
-        clash = [str(t) for t in targets if t.exists()]
-        if clash:
-            raise FileExistsError(f"{', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''} exist(s); "
-                                  "pass overwrite=True (--overwrite) to replace")
-    results = []
-    for f, t in zip(inputs, targets):
+
+    def one(f: Path, t: Path) -> InferResult:
         img = read_image(f, series_uid=series)
         res = seg.segment(img)
         write_mask(res.labels, t, reference=img, overwrite=overwrite)
-        r = InferResult(f, t, tuple(res.labels.shape), sorted(int(v) for v in np.unique(res.labels)), res.seconds,
-                        res.ms_per_slice)
-        results.append(r)
-        if on_result is not None:
-            on_result(r)
-    return results
+        return InferResult(f, t, tuple(res.labels.shape), sorted(int(v) for v in np.unique(res.labels)),
+                           res.seconds, res.ms_per_slice)
+
+    return run_batch(Path(input), Path(output), one, overwrite=overwrite, skip_existing=skip_existing,
+                     on_result=on_result)

@@ -53,6 +53,7 @@ class Prediction:
     labels: np.ndarray
     reference: MedicalImage
     seconds: float
+    output: Optional[Path] = None  # where the mask was written, if it was
 
 
 def predict_image(lm: LoadedModel, img: MedicalImage, device=None) -> np.ndarray:
@@ -77,4 +78,4 @@ def predict_path(lm: LoadedModel, src: Path, out: Optional[Path], overwrite: boo
     dt = time.perf_counter() - t0
     if out is not None:
         write_mask(labels, out, reference=img, overwrite=overwrite)
-    return Prediction(src, labels, img, dt)
+    return Prediction(src, labels, img, dt, out)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -185,3 +186,32 @@ def staging_dir(parent: PathLike, prefix: str = ".medkd-write-", target: Optiona
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: what a killed writer leaves: ``atomic_path``'s ``.NAME.XXXXXXXX.tmp`` (and its ``.data`` companion) and
+#: ``staging_dir``'s ``.medkd-write-XXXXXXXX/`` (``tempfile``'s 8 random characters)
+_LEFTOVER = re.compile(r"^(\..+\.[a-z0-9_]{8}\.tmp(\.data)?|\.medkd-write-[a-z0-9_]{8})$")
+
+
+def is_leftover(path: PathLike) -> bool:
+    """True for a temporary file or staging folder of this module's writers (by name only)."""
+    return bool(_LEFTOVER.match(Path(path).name))
+
+
+def remove_leftovers(folder: PathLike, recursive: bool = False) -> list:
+    """Remove what killed writers left in ``folder`` (and its sub-folders if ``recursive``): only names
+    :func:`is_leftover` matches. Call it while no writer of this process or another works there (under
+    the folder's lock). Returns the paths removed."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for entry in sorted(folder.iterdir()):
+        if is_leftover(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            removed += remove_leftovers(entry, recursive=True)
+    return removed

@@ -13,6 +13,10 @@ honoured within one iteration: the engine saves ``last.pt`` and ends with status
 ``run_training(..., resume=True)`` continues from there. Budgets: iterations, epochs
 (``iters_per_epoch`` iterations each) or minutes of training time, whichever comes first.
 
+The run folder is locked for the life of the run, a new run may replace one that failed before its first
+checkpoint (or any, with ``overwrite``), and killed writers' temporary files are removed (``run_dir.py``);
+a resumed run's ``metrics.csv`` is cut back to its checkpoint.
+
 The phases, in order: agree on the run folder (``_agree_on_run_dir``), load the data
 (``_load_data``), build model, task and optimiser (``_build``), restore a resumed run
 (``_restore``), the loop (``_train_loop``, checkpoints in ``_checkpoint``/``_run_validation``)
@@ -31,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..config import RunConfig, load_config, save_config
+from ..config import RunConfig, save_config
 from ..metrics.overlap import dice_per_class
 from .checkpoint import load_checkpoint, save_checkpoint
 from .run_data import _Data, _load_data, _make_sampler
@@ -39,10 +43,7 @@ from .card_build import model_card
 from .device import describe_device, resolve_device
 from .distributed import any_true, broadcast_object, cleanup, init_distributed
 from .events import EventLog
-
-
-class RunExistsError(FileExistsError):
-    pass
+from .run_dir import RunExistsError, open_run_dir, rollback_metrics  # noqa: F401 - RunExistsError: the API
 
 
 def total_iterations(tc) -> Optional[int]:
@@ -116,37 +117,20 @@ def build_task(model, num_classes: int, cfg: RunConfig, device, run_dir: Path, p
     return SupervisedTask(model, num_classes)
 
 
-def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
-    cfg_path = run_dir / "config.yaml"
-    if resume:
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"cannot resume: {run_dir} holds no config.yaml (not a run folder)")
-        saved = load_config(cfg_path)
-        # a resumed run keeps its data, model and method; only the budget may be extended
-        saved.train.iterations = cfg.train.iterations or saved.train.iterations
-        saved.train.epochs = cfg.train.epochs or saved.train.epochs
-        saved.train.minutes = cfg.train.minutes or saved.train.minutes
-        return saved
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunExistsError(f"run folder {run_dir} already exists and is not empty; "
-                             "choose another --out, or resume it with --resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
-def _agree_on_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, dist_info) -> RunConfig:
-    """Only the main process decides about the run folder; the others get its answer."""
-    prepared = None
+def _agree_on_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, dist_info, overwrite: bool = False):
+    """Only the main process locks and prepares the run folder (``run_dir.open_run_dir``); the others get
+    its answer. Returns the configuration, the lock (None on other ranks) and notices for the user."""
+    prepared, lock, notes = None, None, []
     if dist_info.is_main:
         try:
-            prepared = _prepare_run_dir(cfg, run_dir, resume)
+            prepared, lock, notes = open_run_dir(cfg, run_dir, resume, overwrite)
         except Exception as exc:  # noqa: BLE001 - re-raised on every rank
             prepared = exc
     prepared = broadcast_object(prepared, dist_info)
     if isinstance(prepared, Exception):
         cleanup(dist_info)
         raise prepared
-    return prepared
+    return prepared, lock, notes
 
 
 class _Run:
@@ -291,6 +275,8 @@ def _train(r: _Run, stop: _StopFlag, resume: bool) -> Dict[str, Any]:
     _build(r, data)
     if resume:
         _restore(r)
+        if r.main:
+            rollback_metrics(r.run_dir / "metrics.csv", r.it)
     r.emit("start", run_dir=str(r.run_dir), device=describe_device(r.device), model=r.cfg.model.name,
            params=sum(p.numel() for p in r.model.parameters()), train_cases=len(data.train_prep),
            val_cases=len(data.val_prep), unlabelled_cases=len(data.extra_cases),
@@ -302,17 +288,28 @@ def _train(r: _Run, stop: _StopFlag, resume: bool) -> Dict[str, Any]:
     return _finish(r, _train_loop(r, stop))
 
 
-def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
+def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                  should_stop: Optional[Callable[[], bool]] = None,
                  on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    import torch
-
+    """Train as ``cfg`` says in ``run_dir`` (a new folder; ``overwrite``: replace an earlier run there) or
+    continue the run there (``resume``). The folder is locked for the life of the run."""
     run_dir = Path(run_dir)
     if not resume:
         budget_fraction(cfg.train, 0, 0.0)  # fails early without a budget
     device = resolve_device(cfg.train.device)
     dist_info = init_distributed(device)
-    cfg = _agree_on_run_dir(cfg, run_dir, resume, dist_info)
+    cfg, lock, notes = _agree_on_run_dir(cfg, run_dir, resume, dist_info, overwrite)
+    try:
+        return _run_locked(cfg, run_dir, resume, device, dist_info, notes, should_stop, on_event)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, resume: bool, device, dist_info, notes: List[str],
+                should_stop, on_event) -> Dict[str, Any]:
+    import torch
+
     tc = cfg.train
     budget_fraction(tc, 0, 0.0)
     if tc.threads:
@@ -329,6 +326,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
             on_event(rec)
         return rec
 
+    for note in notes:
+        emit("notice", message=note)
     stop = _StopFlag(run_dir, should_stop)
     if main and stop.file.exists():
         stop.file.unlink()

@@ -7,32 +7,52 @@ finished|stopped|failed), ``error``.
 from __future__ import annotations
 
 import json
-import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
+from ..io.jsonsafe import dumps, finite
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
+
+def drop_partial_line(path: Path) -> None:
+    """Cut a half-written last line (a writer killed mid-line) so that appending starts a new line."""
+    try:
+        fh = open(path, "rb+")
+    except FileNotFoundError:
+        return
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        keep = size
+        while keep > 0:  # back to the last newline, in blocks
+            start = max(0, keep - 65536)
+            fh.seek(start)
+            block = fh.read(keep - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            keep = start
+        fh.truncate(keep)
 
 
 class EventLog:
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        if enabled:
+            drop_partial_line(self.path)
         self._fh = open(self.path, "a", buffering=1, encoding="utf-8") if enabled else None
 
     def write(self, event: str, **fields: Any) -> Dict[str, Any]:
-        rec = {"event": event, "time": time.time(), **_clean(fields)}
+        rec = {"event": event, "time": time.time(), **finite(fields)}
         if self._fh is not None:
-            self._fh.write(json.dumps(rec) + "\n")
+            self._fh.write(dumps(rec) + "\n")
         return rec
 
     def close(self) -> None:

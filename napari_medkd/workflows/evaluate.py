@@ -6,7 +6,6 @@ before its case is predicted."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..io import jsonsafe
 from ..io.atomic import write_text_atomic
 from ..data.datasets import DatasetSpec, load_dataset, load_label
 from ..data.validate import (EMPTY_MASK, DataError, Problem, keep_warnings, label_counts, require_valid,
@@ -55,7 +55,7 @@ class EvalResult:
             w = csv.DictWriter(fh, fieldnames=list(self.rows[0].keys()))
             w.writeheader()
             w.writerows(self.rows)
-        write_text_atomic(folder / "summary.json", json.dumps({
+        write_text_atomic(folder / "summary.json", jsonsafe.dumps({
             "model": self.model, "data": self.data, "split": self.split,
             "class_names": {str(k): v for k, v in self.class_names.items()},
             "seconds_per_case": self.seconds_per_case, "summary": self.summary,

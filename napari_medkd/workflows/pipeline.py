@@ -3,13 +3,13 @@ teacher, evaluate all three on the held-back cases, export the distilled student
 checked) and write a report (metrics table, side-by-side figure, ONNX speed) into an output folder."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from ..config import RunConfig
+from ..io import jsonsafe
 from ..io.atomic import write_text_atomic
 
 MARKER = ".medkd_pipeline"
@@ -190,6 +190,6 @@ def run_pipeline(data: Path, out: Path, teacher_iterations: int = 600, student_i
                "iterations": {"teacher": teacher_iterations, "student": student_iterations,
                               "distilled": distill_iterations},
                "test": {lbl: r.summary for lbl, _, r in results}}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "summary.json", jsonsafe.dumps(summary, indent=1))
     log(f"== report written to {out / 'report.md'} ({elapsed:.0f} s)")
     return summary
