@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -180,13 +179,20 @@ def test_evaluate_refuses_misaligned_masks_and_keeps_warnings(msd_model, tiny_ms
 
 
 @needs_shared("Hippocampus")
-def test_the_fast_path_costs_well_under_a_second_on_hippocampus():
-    spec = load_dataset(SHARED_DATA / "Hippocampus")
-    t0 = time.perf_counter()
+def test_the_fast_path_reads_headers_only_on_hippocampus(monkeypatch):
+    """Every command's check reads headers, never pixels (its time is in the README, not asserted here):
+    a full read during it fails the test."""
+    import napari_medkd.io.header as header
+
+    def no_pixels(*a, **k):
+        raise AssertionError("the fast path read pixel data")
+
+    spec = load_dataset(SHARED_DATA / "Hippocampus")  # (reads one image to tell modality and dimensions)
+    monkeypatch.setattr(sitk, "ReadImage", no_pixels)
+    monkeypatch.setattr(header, "read_image", no_pixels)
     report = check_dataset(spec)
-    took = time.perf_counter() - t0
     assert report.ok, report.format()
-    assert len(spec.cases) == 260 and took < 2.0  # ~0.4 s for 520 headers on 2 busy cores
+    assert len(spec.cases) == 260
 
 
 # -- item 3: dataset.json paths stay inside the data root ------------------------------------------------

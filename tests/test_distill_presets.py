@@ -153,7 +153,8 @@ def test_only_output_methods_need_only_the_teachers_outputs():
     feature-tapping term overrides and a method without terms cannot."""
     from napari_medkd.distill.task import needs_only_outputs
 
-    assert [m for m in sorted(METHODS.names()) if needs_only_outputs(m)] == ["cwd", "logit_kd", "logit_kd_cb", "pseudo_label"]
+    assert [m for m in sorted(METHODS.names()) if needs_only_outputs(m)] == [
+        "cwd", "logit_kd", "logit_kd_cb", "pseudo_label", "pseudo_label_kd"]
     assert needs_only_outputs("mskd", [{"name": "logit_kd", "weight": 2.0}])
     assert not needs_only_outputs("logit_kd", [{"name": "cwd", "params": {"taps": ["enc_high"]}}])
     assert not needs_only_outputs("none")
