@@ -110,18 +110,19 @@ def teacher_warning(rows: List[Dict[str, Any]], tag: str = "in") -> Optional[str
 def render_table(rows: List[Dict[str, Any]], tags: Sequence[str], fsd_tags: Sequence[str]) -> List[str]:
     """The markdown table (with its warning line, when due) and its footnotes, one string per line."""
     inputs = _cost_inputs(int(rows[0]["spatial_dims"]))
-    head = ["model"] + [f"Dice {t}" for t in tags] + [f"HD95 {t}" for t in tags] + \
+    head = ["model"] + [f"Dice {t}" for t in tags] + ["best val Dice"] + [f"HD95 {t}" for t in tags] + \
         ["params", f"GMACs@{inputs['macs']}", f"ORT ms/{inputs['ort']}", "train s/run", "Δ vs alone (in)",
          "gap closed (in)"] + [f"FSD in vs {t}" for t in fsd_tags]
     warning = teacher_warning(rows)
     lines = ([warning, ""] if warning else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["row"]] + [_fmt(r[f"dice_{t}"], r[f"dice_{t}_sd"]) for t in tags] + \
-            [_fmt(r[f"hd95_{t}"], r[f"hd95_{t}_sd"], 2) for t in tags] + \
+            [_fmt(r.get("val_dice"), r.get("val_dice_sd"))] + [_fmt(r[f"hd95_{t}"], r[f"hd95_{t}_sd"], 2) for t in tags] + \
             [f"{int(r['params']):,}", f"{r['gmacs']:.3f}", _fmt(r["ort_ms"], nd=1), _fmt(r["train_s_per_run"], nd=0),
              _delta_cell(r), _gap_cell(r)] + [_fmt(r[f"fsd_{t}"], r[f"fsd_{t}_sd"], 2) for t in fsd_tags]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Dice/HD95: mean ± sd over seeds of the per-case mean over foreground classes, on the test split. "
+              "Best val Dice: each run's best validation Dice (what settings are tuned on; the test columns never are). "
               f"ORT ms: median onnxruntime CPU time of one {inputs['ort_words']} through that architecture. "
               "Δ vs alone: distilled − alone, in-domain Dice (sd of the difference); * where |Δ| exceeds twice the "
               "seed sd pooled over that row and the student alone. Gap closed: (distilled − alone) / (teacher − "
