@@ -150,3 +150,21 @@ def test_two_process_ddp_on_gloo(tiny_vessels, tmp_path):
     events = read_events(run / "events.jsonl")
     assert events[0]["world_size"] == 2
     assert events[-1]["status"] == "finished" and events[-1]["iter"] == 4
+
+
+def test_without_validation_cases_best_pt_is_the_last_and_the_run_says_so(tiny_vessels, tmp_path):
+    """No validation data: best.pt is the last checkpoint (not the first validation's), the run was never
+    validated (best_dice None, a notice in events.jsonl), never a negative 'Dice'."""
+    import torch
+
+    cfg = tiny_cfg(tiny_vessels, iterations=9)
+    cfg.data.val_fraction = 0.0
+    run = tmp_path / "run"
+    res = run_training(cfg, run)
+    assert res["status"] == "finished" and res["best_dice"] is None
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["iter"] == 9
+    events = read_events(run / "events.jsonl")
+    notices = [e for e in events if e["event"] == "notice" and "never validated" in e["message"]]
+    assert len(notices) == 1
+    assert events[-1]["event"] == "end" and events[-1]["best_dice"] is None

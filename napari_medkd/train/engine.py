@@ -109,7 +109,8 @@ def build_task(model, num_classes: int, cfg: RunConfig, device, run_dir: Path, p
     dc = cfg.distill
     distills = bool(dc.terms) or (dc.method or "none") != "none"
     if distills and not dc.teacher:
-        raise ValueError(f"distill.method {dc.method!r} / distill.terms need distill.teacher (a teacher run folder)")
+        raise ValueError(f"distill.method {dc.method!r} / distill.terms need distill.teacher (a teacher run folder, "
+                         "ONNX, TorchScript or MONAI bundle)")
     if dc.teacher and distills:
         from ..distill.task import build_distill_task
 
@@ -169,6 +170,8 @@ def _build(r: _Run, data: _Data) -> None:
     r.sampler = _make_sampler(cfg, task, train_prep + data.extra_cases, model_dims, seed=tc.seed + 1000 * dist_info.rank)
     card = model_card(cfg, spec.class_names, pcfg.to_dict(), in_channels, num_classes, model_dims,
                       train_prep[0].reference.spacing, distilled=task.name == "distill")
+    if getattr(task, "source", None) is not None:  # where the teacher came from travels with the student
+        card.teacher_info = task.source.provenance()
     r.model, r.task, r.num_classes, r.card, r.val_prep = model, task, num_classes, card, data.val_prep
 
 
@@ -201,6 +204,10 @@ def _checkpoint(r: _Run, path: Path, best_metric: float) -> None:
     }, path)
 
 
+NOT_VALIDATED = ("no validation cases: this run was never validated; best.pt holds the last weights, "
+                 "not the best ones (give it validation data, e.g. more cases or data.val_fraction)")
+
+
 def _run_validation(r: _Run) -> None:
     """Validate (main process), log, keep ``last.pt`` and, on a better score, ``best.pt``."""
     r.last_val = r.it
@@ -208,10 +215,20 @@ def _run_validation(r: _Run) -> None:
         return
     res = validate(r.model, r.val_prep, r.device, r.cfg.data.slice_axis, r.num_classes) if r.val_prep else \
         {"dice": {}, "dice_mean": math.nan}
+    agreed = None
+    if not math.isfinite(res["dice_mean"]) and hasattr(r.task, "agreement"):  # unlabelled validation scans
+        agreed = r.task.agreement(r.model, r.val_prep, r.device, r.cfg.data.slice_axis)
+        res["agreement"] = agreed
     r.emit("val", iter=r.it, **res)
     _append_metrics(r.run_dir / "metrics.csv", r.it, r.elapsed, res)
-    score = res["dice_mean"] if math.isfinite(res["dice_mean"]) else -float(r.it)
+    score = res["dice_mean"] if math.isfinite(res["dice_mean"]) else (agreed["dice_mean"] if agreed else None)
     _checkpoint(r, r.last_path, r.best)
+    if score is None:  # nothing to validate on: best.pt holds the latest weights, and the run says so
+        _checkpoint(r, r.run_dir / "best.pt", r.best)
+        if not getattr(r, "told_not_validated", False):
+            r.told_not_validated = True
+            r.emit("notice", message=NOT_VALIDATED)
+        return
     if score > r.best or not (r.run_dir / "best.pt").exists():
         r.best = max(r.best, score)
         _checkpoint(r, r.run_dir / "best.pt", r.best)
@@ -264,8 +281,8 @@ def _finish(r: _Run, status: str) -> Dict[str, Any]:
         _run_validation(r)
     else:
         _checkpoint(r, r.last_path, r.best)
-    best = r.best
-    r.emit("end", status=status, iter=r.it, elapsed=round(r.elapsed, 2), best_dice=best if best > -math.inf else None)
+    best = r.best if r.best > -math.inf else None  # None: never validated (best.pt = the last weights)
+    r.emit("end", status=status, iter=r.it, elapsed=round(r.elapsed, 2), best_dice=best)
     return {"status": status, "iterations": r.it, "elapsed": r.elapsed, "best_dice": best, "run_dir": str(r.run_dir)}
 
 

@@ -91,7 +91,7 @@ def _train_roles(data: Path, out: Path, roles, models: Dict[str, str], iteration
         runs[role] = out / role
         res = run_training(cfg, runs[role])
         log(f"   {res['status']}: {res['iterations']} iterations in {res['elapsed']:.0f} s, "
-            f"best validation Dice {res['best_dice']:.3f}")
+            + (f"best validation Dice {res['best_dice']:.3f}" if res["best_dice"] is not None else "never validated"))
     return runs
 
 
