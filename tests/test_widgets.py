@@ -390,3 +390,20 @@ def test_open_layers_become_a_one_case_dataset(make_napari_viewer, tmp_path, err
     labels.data = np.zeros_like(lab)
     with pytest.raises(InputError, match="empty"):
         write_layer_dataset(img, labels, tmp_path / "ds2")
+
+
+def test_put_layer_updates_in_place_without_private_attributes(make_napari_viewer):
+    """A second result of the same kind and name updates the layer object (no remove/add, no napari
+    'private attribute' warning); a layer of another kind under that name is replaced."""
+    import warnings
+
+    from napari_medkd._widgets._common import put_layer
+
+    viewer = make_napari_viewer()
+    first = put_layer(viewer, "labels", np.zeros((8, 8), np.uint8), "result")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = put_layer(viewer, "labels", np.ones((8, 8), np.uint8), "result")
+    assert second is first and int(first.data.sum()) == 64 and len(viewer.layers) == 1
+    image = put_layer(viewer, "image", np.ones((8, 8), np.float32), "result")
+    assert image is not first and len(viewer.layers) == 1

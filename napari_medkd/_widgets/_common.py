@@ -152,10 +152,18 @@ def image_from_layer(layer):
                         tuple(np.ravel(geo["direction"])), (layer.metadata or {}).get("source"))
 
 
+def _is_kind(layer, kind: str) -> bool:
+    """Whether ``layer`` is a napari ``Labels`` / ``Image`` / ... layer, by napari's public classes."""
+    import napari.layers
+
+    cls = getattr(napari.layers, kind.capitalize(), None)
+    return cls is not None and isinstance(layer, cls)
+
+
 def put_layer(viewer, kind: str, data, name: str, like=None, **kwargs):
     """Add a layer of ``kind`` on ``like``'s grid, or update the image/labels layer of that name."""
     geo = geometry_kwargs(like) if like is not None else {}
-    if name in viewer.layers and viewer.layers[name]._type_string == kind and kind in ("labels", "image"):
+    if name in viewer.layers and _is_kind(viewer.layers[name], kind) and kind in ("labels", "image"):
         layer = viewer.layers[name]
         layer.data = data
         for k, v in {**geo, **kwargs}.items():
