@@ -76,3 +76,25 @@ def test_stage_checkpoints_are_periodic(tiny_vessels, teacher_run, tmp_path, mon
     partials = [m["done"] for name, m in saved if name == "paraphraser.partial.pt"]
     assert partials == [4, 8]  # val_every = 4; the 12th iteration ends the stage: its final checkpoint
     assert saved[-1][0] == "paraphraser.pt" and saved[-1][1]["iterations"] == STAGE_ITERS
+
+
+@pytest.mark.parametrize("method,stage", [("graph_flow", "paraphraser"), ("gkd", "msan")])
+def test_a_resumed_stage_ends_where_an_unbroken_one_does(tiny_vessels, teacher_run, tmp_path, method, stage):
+    """Weights, optimiser state (momentum, Adam moments), learning-rate schedule, GKD's P-SAE/MSAN phase
+    split and the random streams all continue: the stopped-and-resumed stage's result equals the
+    unbroken stage's."""
+    import torch
+
+    whole = tmp_path / "whole"
+    run_training(_distill_cfg(tiny_vessels, teacher_run, method, stage), whole)
+    broken = tmp_path / "broken"
+    on_event, stop = _stopper(7)
+    run_training(_distill_cfg(tiny_vessels, teacher_run, method, stage), broken, should_stop=stop, on_event=on_event)
+    saved = load_checkpoint(broken / "stages" / f"{stage}.partial.pt")
+    assert saved["optimizers"], "the stage's optimiser state is checkpointed"
+    run_training(_distill_cfg(tiny_vessels, teacher_run, method, stage), broken, resume=True)
+    a = load_checkpoint(whole / "stages" / f"{stage}.pt")["model"]
+    b = load_checkpoint(broken / "stages" / f"{stage}.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k

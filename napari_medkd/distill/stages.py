@@ -4,9 +4,11 @@ A finished stage is kept in ``RUN/stages/NAME.pt`` and reused by a resumed run. 
 ``RUN/stages/NAME.partial.pt`` holds its progress: the stage owner's weights, the stage iterations
 done, and the patch sampler's and torch's random state. It is written atomically every
 ``min(train.val_every, 50)`` stage iterations or 60 seconds, and when a stop is requested; a resumed
-run loads it and runs the remaining iterations, its ``stage_iter`` counters continuing. (The
-optimiser and learning-rate schedule live in the term's own stage loop, ``distill/terms/``: they
-start again over the remaining iterations.)
+run loads it and runs the remaining iterations, its ``stage_iter`` counters continuing. The stage loop
+(in the term, ``distill/terms/``) runs from the global index ``StageContext.start``, so its learning-rate
+schedule and phases go on where they stopped, and hands its optimisers to
+``StageContext.keep_optimizer``: their state (momentum, Adam moments) is in the partial checkpoint too
+and is loaded back into the optimiser the resumed loop makes.
 """
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ class StageProgress:
         self.every = max(1, min(int(ctx["cfg"].train.val_every), CHECKPOINT_EVERY))
         self.done = self.saved = 0
         self.t_saved = time.time()
+        self.optimizers: Dict[str, Any] = {}
+        self.saved_optimizers: Dict[str, Any] = {}
+
+    def keep_optimizer(self, name: str, opt) -> None:
+        """Checkpoint ``opt`` with the stage; a resumed stage's saved state for ``name`` is loaded into it."""
+        if name in self.saved_optimizers:
+            opt.load_state_dict(self.saved_optimizers.pop(name))
+        self.optimizers[name] = opt
 
     def restore(self) -> int:
         """Load the partial checkpoint, if any; returns the stage iterations it had done."""
@@ -44,6 +54,7 @@ class StageProgress:
         self.owner.load_state_dict(state["model"])
         self.sampler.set_state(json.loads(meta["sampler"]))
         torch.set_rng_state(state["torch_rng"])
+        self.saved_optimizers = dict(state.get("optimizers") or {})
         self.done = self.saved = int(meta["done"])
         return self.done
 
@@ -58,6 +69,7 @@ class StageProgress:
     def save(self) -> None:
         if self.is_main and self.done > self.saved:
             save_checkpoint({"model": self.owner.state_dict(), "torch_rng": torch.get_rng_state(),
+                             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                              "meta": json.dumps({"stage": self.name, "done": self.done,
                                                  "sampler": json.dumps(self.sampler.get_state())})}, self.partial)
         self.saved, self.t_saved = self.done, time.time()
@@ -95,13 +107,13 @@ def run_stage(task, owner, stage: str, ctx: Dict[str, Any]) -> bool:
     t0 = time.time()
 
     def log(ev):
-        emit("stage_iter", name=stage, **{**ev, "iter": int(ev.get("iter", 0)) + before})
+        emit("stage_iter", name=stage, **{**ev, "iter": int(ev.get("iter", 0))})  # the loop's global index
         progress.step()
 
     if iters - before > 0:
         batches = _batches(ctx["sampler"], ctx["cfg"].train.batch_size, ctx["device"])
-        owner.pretrain(StageContext(task.teacher, task.model, batches, iters - before, ctx["device"], log,
-                                    ctx["stop"]))
+        owner.pretrain(StageContext(task.teacher, task.model, batches, iters, ctx["device"], log, ctx["stop"],
+                                    start=before, keep_optimizer=progress.keep_optimizer))
     if ctx["stop"]() and progress.done < iters:
         progress.save()
         emit("stage", name=stage, status="stopped", done=progress.done, path=str(progress.partial))

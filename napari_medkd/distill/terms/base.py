@@ -42,7 +42,11 @@ class KDContext:
 
 @dataclass
 class StageContext:
-    """What a pre-training stage receives."""
+    """What a pre-training stage receives. ``iterations`` is the stage's whole length and ``start`` the
+    iterations a resumed stage has already done: a stage loop runs ``range(start, iterations)`` (its
+    learning-rate schedule and phases follow the global index), logs that index, and hands each optimiser
+    it makes to ``keep_optimizer(name, opt)``, which restores a resumed stage's optimiser state into it
+    and keeps it in the stage's checkpoints (distill/stages.py)."""
     teacher: nn.Module
     student: nn.Module
     batches: Callable[[], Iterator[Dict[str, torch.Tensor]]]  # yields {"image","label","labelled"}
@@ -50,6 +54,8 @@ class StageContext:
     device: torch.device
     log: Callable[[Dict[str, Any]], None] = lambda event: None
     should_stop: Callable[[], bool] = lambda: False
+    start: int = 0
+    keep_optimizer: Callable[[str, Any], None] = lambda name, opt: None
 
 
 class DistillTerm(nn.Module):

@@ -195,20 +195,25 @@ class GKDAlignment(nn.Module):
         n_psae = max(1, int(round(total * self.psae_fraction)))
         n_msan = max(1, total - n_psae)
         batches = stage.batches()
+        start = int(stage.start)  # a resumed stage: phases follow the global iteration index
         try:
             with frozen(stage.teacher), frozen(stage.student):
-                it = self._train_psae(stage, batches, n_psae)
-                if not stage.should_stop():
-                    self._train_msans(stage, batches, n_msan, it)
+                if start < n_psae:
+                    start = self._train_psae(stage, batches, n_psae, start)
+                if not stage.should_stop() and start >= n_psae:
+                    self._train_msans(stage, batches, n_msan - (start - n_psae), start)
         finally:
             self._freeze()
 
-    def _train_psae(self, stage: StageContext, batches, n: int) -> int:
+    def _train_psae(self, stage: StageContext, batches, n: int, start: int = 0) -> int:
+        """P-SAE iterations ``start .. n - 1``; returns the global index reached."""
         set_frozen(self.psae, False)
         opt = torch.optim.Adam(self.psae.parameters(), lr=self.lr)
-        it = 0
-        for it in range(n):
+        stage.keep_optimizer("psae", opt)
+        it = start - 1
+        for it in range(start, n):
             if stage.should_stop():
+                it -= 1
                 break
             x = self.psae.prepare(next(batches)["image"])
             loss = F.mse_loss(self.psae(x), x)
@@ -225,6 +230,7 @@ class GKDAlignment(nn.Module):
         set_frozen(self.student_msan, False)
         params = list(self.teacher_msan.parameters()) + list(self.student_msan.parameters())
         opt = torch.optim.Adam(params, lr=self.lr)
+        stage.keep_optimizer("msan", opt)
         for i in range(n):
             if stage.should_stop():
                 break

@@ -91,13 +91,14 @@ def train_paraphrasers(paraphrasers: Dict[str, Paraphraser], stage: StageContext
         set_frozen(m, False)
     params = [p for m in modules for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    stage.keep_optimizer(stage_name, opt)
     total = max(1, int(stage.iterations))
     teacher = stage.teacher
     was_training = teacher.training
     teacher.eval()
     batches = stage.batches()
     try:
-        for it in range(total):
+        for it in range(int(stage.start), total):
             if stage.should_stop():
                 break
             cur_lr = lr * (1.0 - it / total) ** power
