@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional
 # the ONNX property keys ("quantization" only in int8 copies; files exported before the card lack
 # "teacher" and "method" and still load: only ONNX_REQUIRED must be there)
 ONNX_KEYS = ("medkd_version", "model_name", "class_names", "in_channels", "num_classes", "model_dims",
-             "preprocess", "spacing", "size_divisor", "source_run", "data_root", "exporter", "teacher", "method")
+             "preprocess", "spacing", "size_divisor", "source_run", "data_root", "exporter", "teacher", "method",
+             "teacher_info")
 ONNX_REQUIRED = ("medkd_version", "class_names", "in_channels", "num_classes", "model_dims", "preprocess",
                  "size_divisor")
 CHECKPOINT_REQUIRED = ("model_name", "in_channels", "num_classes")
@@ -38,6 +39,8 @@ class ModelCard:
     size_divisor: Optional[int] = None      # set by the ONNX export
     teacher: str = ""                       # the teacher run it was distilled from, or ""
     method: str = ""                        # the distillation method, or ""
+    teacher_info: Dict[str, Any] = field(default_factory=dict)  # the teacher's provenance: format, sha256,
+    #                                         preprocessing, classes, licence (teachers.Teacher.provenance)
     source_run: str = ""                    # the run folder an ONNX file was exported from
     medkd_version: str = ""
     exporter: str = ""                      # "dynamo" | "torchscript" (ONNX only)
@@ -82,7 +85,7 @@ class ModelCard:
             "model_dims": str(int(self.model_dims or 2)), "preprocess": json.dumps(self.preprocess),
             "spacing": json.dumps(self.spacing), "size_divisor": str(int(self.size_divisor)),
             "source_run": self.source_run, "data_root": str(self.data_root or ""), "exporter": self.exporter,
-            "teacher": self.teacher, "method": self.method,
+            "teacher": self.teacher, "method": self.method, "teacher_info": json.dumps(self.teacher_info or {}),
         }
         if self.quantization is not None:
             props["quantization"] = self.quantization
@@ -102,4 +105,5 @@ class ModelCard:
             spacing=json.loads(props.get("spacing", "null")), data_root=props.get("data_root", ""),
             size_divisor=int(props["size_divisor"]), source_run=props.get("source_run", ""),
             medkd_version=props["medkd_version"], exporter=props.get("exporter", ""),
-            teacher=props.get("teacher", ""), method=props.get("method", ""), quantization=props.get("quantization"))
+            teacher=props.get("teacher", ""), method=props.get("method", ""), quantization=props.get("quantization"),
+            teacher_info=json.loads(props.get("teacher_info") or "{}"))

@@ -6,104 +6,17 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .cli_args import non_negative_float, non_negative_int, opset, positive_float, positive_int
+from .cli_args import non_negative_float, non_negative_int, opset, positive_int
+from .cli_common import CLIError, add_budget, config_from_args, train_and_report
+from .cli_data import SERIES_HELP, add_inspect, add_validate_data
+from .cli_teacher import add_agreement, add_distill, add_teacher_info
 from .io import jsonsafe
 from .io.atomic import describe_os_error, write_text_atomic
-from .cli_data import SERIES_HELP, add_inspect, add_validate_data
 from .io.resources import sample_data_dir, suite_path
 
 
-class CLIError(Exception):
-    pass
-
-
-def _add_budget(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("budget and training options (override the config)")
-    g.add_argument("--iterations", type=positive_int)
-    g.add_argument("--epochs", type=positive_int)
-    g.add_argument("--minutes", type=positive_float)
-    g.add_argument("--batch-size", type=positive_int)
-    g.add_argument("--patch-size", type=positive_int)
-    g.add_argument("--lr", type=positive_float)
-    g.add_argument("--seed", type=non_negative_int)
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N, mps")
-    g.add_argument("--val-every", type=positive_int)
-    g.add_argument("--threads", type=positive_int)
-    g.add_argument("--config", help="YAML run configuration (yaml.safe_load)")
-    g.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run in RUN_DIR")
-
-
-def _config_from_args(args) -> "RunConfig":  # noqa: F821 - imported inside
-    from .config import RunConfig, load_config
-
-    cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
-    over = {
-        "data": {"root": getattr(args, "data", None), "patch_size": args.patch_size},
-        "model": {"name": getattr(args, "model", None)},
-        "train": {"iterations": args.iterations, "epochs": args.epochs, "minutes": args.minutes,
-                  "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "device": args.device,
-                  "val_every": args.val_every, "threads": args.threads},
-        "distill": {"teacher": getattr(args, "teacher", None), "method": getattr(args, "method", None)},
-    }
-    cfg = cfg.merged(over)
-    if not (args.resume or cfg.data.root):
-        raise CLIError("--data is required (or a config with data.root)")
-    if not (cfg.train.iterations or cfg.train.epochs or cfg.train.minutes or args.resume):
-        cfg.train.minutes = 10.0
-    return cfg
-
-
-def _print_event(rec) -> None:
-    ev = rec.get("event")
-    if ev == "start":
-        print(f"[start] {rec.get('model')} on {rec.get('device')}: {rec.get('params', 0):,} parameters, "
-              f"{rec.get('train_cases')} training / {rec.get('val_cases')} validation cases", flush=True)
-    elif ev == "stage":
-        if rec.get("status") in ("start", "done", "reused", "resumed", "stopped"):
-            at = f" at stage iteration {rec.get('done')}" if rec.get("status") in ("resumed", "stopped") else ""
-            print(f"[stage] {rec.get('name')}: {rec.get('status')}{at}", flush=True)
-    elif ev == "notice":
-        print(f"[note] {rec.get('message')}", flush=True)
-    elif ev == "iter" and (rec["iter"] % 50 == 0 or rec["iter"] == 1):
-        terms = " ".join(f"{k}={v:.4g}" for k, v in (rec.get("terms") or {}).items() if v is not None)
-        print(f"[iter {rec['iter']:>6}] loss={rec['loss']:.4f} {terms} lr={rec['lr']:.2e} "
-              f"t={rec['elapsed']:.0f}s", flush=True)
-    elif ev == "val":
-        print(f"[val   {rec['iter']:>6}] Dice {rec.get('dice')} mean={rec.get('dice_mean')}", flush=True)
-    elif ev == "end":
-        print(f"[end] {rec.get('status')} after {rec.get('iter')} iterations, {rec.get('elapsed')} s", flush=True)
-
-
 def cmd_train(args) -> int:
-    from .train.engine import run_training
-
-    cfg = _config_from_args(args)
-    run_dir = Path(args.resume or args.out or "")
-    if not str(run_dir):
-        raise CLIError("--out RUN_DIR is required")
-    res = run_training(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, on_event=_print_event)
-    print(jsonsafe.dumps(res))
-    return 0 if res["status"] == "finished" else 3
-
-
-def cmd_distill(args) -> int:
-    """Flags override the config's ``distill.teacher``/``distill.method``; a resumed run keeps the teacher
-    and method of its ``config.yaml`` (the engine reads it with ``load_config``)."""
-    from .train.engine import run_training
-
-    if not args.resume:
-        args.model = args.student
-    cfg = _config_from_args(args)
-    if not args.resume:
-        cfg.distill.method = cfg.distill.method or "none"
-        if not cfg.distill.teacher:
-            raise CLIError("--teacher RUN_DIR is required (a run folder from `medkd train`)")
-    run_dir = Path(args.resume or args.out or "")
-    if not str(run_dir):
-        raise CLIError("--out RUN_DIR is required")
-    res = run_training(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite, on_event=_print_event)
-    print(jsonsafe.dumps(res))
-    return 0 if res["status"] == "finished" else 3
+    return train_and_report(config_from_args(args), args)
 
 
 def cmd_methods(args) -> int:
@@ -212,8 +125,8 @@ def cmd_pipeline(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medkd", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_train, _add_distill, _add_methods, _add_evaluate, _add_predict, add_validate_data,
-                add_inspect, _add_models, _add_bench, _add_export, _add_infer, _add_pipeline):
+    for add in (_add_train, add_distill, add_teacher_info, _add_methods, _add_evaluate, add_agreement, _add_predict,
+                add_validate_data, add_inspect, _add_models, _add_bench, _add_export, _add_infer, _add_pipeline):
         add(sub)  # one subcommand each, in the order `medkd --help` lists them
     return ap
 
@@ -224,20 +137,8 @@ def _add_train(sub) -> None:
     p.add_argument("--model", help="registered model name (see `medkd models`)")
     p.add_argument("--out", help="new run folder")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its own files only)")
-    _add_budget(p)
+    add_budget(p)
     p.set_defaults(fn=cmd_train)
-
-
-def _add_distill(sub) -> None:
-    p = sub.add_parser("distill", help="train a student with a frozen teacher and a distillation method")
-    p.add_argument("--data")
-    p.add_argument("--teacher", help="run folder of a trained teacher")
-    p.add_argument("--student", help="registered student model name")
-    p.add_argument("--method", help="method preset (see `medkd methods`)")
-    p.add_argument("--out", help="new run folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (its own files only)")
-    _add_budget(p)
-    p.set_defaults(fn=cmd_distill)
 
 
 def _add_methods(sub) -> None:

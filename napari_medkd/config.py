@@ -94,6 +94,8 @@ class DataConfig:
     labelled_cases: Optional[int] = None    # or this many labelled training cases (the rest unlabelled)
     labelled_share: float = 0.5             # share of labelled samples in each distillation batch when
     #                                         some cases are unlabelled (methods.md §2.2: half and half)
+    labels_root: Optional[str] = None       # masks for some of a plain folder of scans, matched by name
+    percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])  # MR / grey intensity clipping
 
 
 @dataclass
@@ -121,7 +123,7 @@ class TrainConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: Optional[str] = None           # run folder of the trained teacher
+    teacher: Optional[str] = None           # run folder, .onnx, TorchScript or MONAI bundle of the teacher
     method: Optional[str] = None            # registered method / preset name
     terms: Optional[List[Dict[str, Any]]] = None  # [{name, weight, params}] overrides the preset
     stage_iterations: Dict[str, int] = field(default_factory=dict)
@@ -132,6 +134,12 @@ class DistillConfig:
     grad_ratio: float = 0.5
     balance_batches: int = 4
     warmup: Optional[List[float]] = field(default_factory=lambda: [0.2, 0.6])
+    # a teacher that is not a run folder (teachers/): its preprocessing where the file does not say it
+    # (PreprocessConfig keys, size_divisor, class_names, model_dims), named internal tensors or module paths
+    # as feature taps ({tap: tensor or module}), and the folder of its cached outputs (teachers/cache.py)
+    teacher_preprocess: Dict[str, Any] = field(default_factory=dict)
+    teacher_taps: Dict[str, str] = field(default_factory=dict)
+    teacher_cache_dir: Optional[str] = None
 
 
 @dataclass

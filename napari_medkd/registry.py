@@ -1,8 +1,9 @@
 """Name -> factory registries for models, distillation terms and methods.
 
-A new model or loss is one new module in the registry's package that decorates its factory with
-``@MODELS.register(...)`` (or ``TERMS`` / ``METHODS``); nothing else lists it. On first use
-(``names()``, ``get()``, ``meta()``, ``in``) a registry imports every module of its package once.
+A new model, loss or teacher source is one new module in the registry's package that decorates its
+factory with ``@MODELS.register(...)`` (or ``TERMS`` / ``METHODS`` / ``TEACHERS``); nothing else lists
+it. On first use (``names()``, ``get()``, ``meta()``, ``in``) a registry imports every module of its
+package once.
 """
 from __future__ import annotations
 
@@ -76,3 +77,4 @@ class Registry:
 MODELS = Registry("model", package="napari_medkd.models")
 TERMS = Registry("distillation term", package="napari_medkd.distill.terms")
 METHODS = Registry("distillation method", modules=("napari_medkd.distill.methods",))
+TEACHERS = Registry("teacher source", package="napari_medkd.teachers")

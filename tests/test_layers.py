@@ -15,12 +15,12 @@ LAYERS: List[List[str]] = [
     ["metrics"],
     ["data"],
     ["models"],
-    ["train", "distill"],
+    ["train", "distill", "teachers"],
     ["inference"],
     ["export"],
     ["analysis"],
     ["workflows"],
-    ["cli", "cli_data", "cli_args", "__main__"],
+    ["cli", "cli_data", "cli_args", "cli_common", "cli_teacher", "__main__"],
     ["_reader", "_writer", "_sample_data", "_widgets"],
 ]
 

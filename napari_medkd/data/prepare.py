@@ -223,6 +223,7 @@ def preprocess_config(cfg: DataConfig, spec: DatasetSpec) -> PreprocessConfig:
         "modality": cfg.modality or spec.modality,
         "rgb_mode": cfg.rgb_mode,
         "ct_window": tuple(cfg.ct_window),
+        "percentiles": tuple(cfg.percentiles),
         "target_spacing": tuple(cfg.target_spacing) if cfg.target_spacing else None,
         "slice_axis": cfg.slice_axis,
     })
@@ -277,7 +278,11 @@ def split_train_val(cases: Sequence[Case], cfg: DataConfig, seed: int) -> Tuple[
 
 
 def load_spec(cfg: DataConfig) -> DatasetSpec:
-    return load_dataset(cfg.root, class_names=cfg.class_names)
+    """The data set of ``cfg.root``; a plain folder of scans gets its masks from ``cfg.labels_root``
+    where there are any (``data/label_folder.py``)."""
+    from .label_folder import attach_labels
+
+    return attach_labels(load_dataset(cfg.root, class_names=cfg.class_names), cfg.labels_root)
 
 
 def labels_to_source_grid(labels: np.ndarray, work: MedicalImage, img: MedicalImage) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The distillation task: a frozen teacher, a student and a weighted set of distillation terms.
 
 Built by the generic engine (``run_training(cfg)`` calls ``build_distill_task``) when ``cfg.distill``
-names a teacher: each iteration runs the teacher (eval, no gradients) and the student with forward
+names a teacher (a run folder, an ONNX, TorchScript or MONAI bundle file, a registered module:
+``teachers/``): each iteration runs the teacher (eval, no gradients) and the student with forward
 hooks on the taps the terms need, adds the weighted terms to the student's segmentation loss (labelled samples
 only) and logs every term. Terms with trainable parts join the optimiser; adversarial terms get
 their own optimiser; terms with a pre-training stage run it first and keep it in
@@ -23,6 +24,7 @@ from ..train.tasks import SupervisedTask
 from .balance import calibrated_weights, measure, ramp, ratio_table
 from .methods import TermSpec, build_terms
 from .stages import run_stages
+from .teacher_fit import refusal, spec_taps, term_pairs
 from .terms.base import KDContext
 
 
@@ -91,8 +93,12 @@ class DistillTask(SupervisedTask):
     def __init__(self, student, num_classes: int, teacher, terms: List[Tuple[str, float, Any]],
                  run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0,
                  cache_teacher: bool = False, balance: str = "none", grad_ratio: float = 0.5,
-                 warmup: Optional[List[float]] = None, balance_batches: int = 4):
+                 warmup: Optional[List[float]] = None, balance_batches: int = 4, source=None,
+                 cache_dir: Optional[str] = None, preprocess: Optional[Dict[str, Any]] = None):
+        """``source``: the :class:`~napari_medkd.teachers.Teacher` whose ``module`` is ``teacher``;
+        ``cache_dir``: keep the cached teacher outputs on disk there (``teachers/cache.py``), else in memory."""
         super().__init__(student, num_classes)
+        self.source, self.cache_dir, self.preprocess = source, cache_dir, dict(preprocess or {})
         if balance not in ("none", "grad"):
             raise DistillError(f"distill.balance must be 'none' or 'grad', got {balance!r}")
         self.teacher = teacher
@@ -202,17 +208,37 @@ class DistillTask(SupervisedTask):
         sampler.pad_to_patch()  # patches never reach past the cached logits: no blank targets on padding
         t0 = time.time()
         emit("stage", name="teacher_cache", status="start", cases=len(sampler.cases))
-        cached = [predict_logits(self.teacher, c.image, device=ctx["device"], slice_axis=sampler.axis)
-                  .astype(np.float16) for c in sampler.cases]
+        info: Dict[str, Any] = {}
+        if self.cache_dir is not None and self.source is not None:  # on disk, shared by students (teachers/cache.py)
+            from ..teachers.cache import cached_logits
+
+            cached, info = cached_logits(
+                self.source, sampler.cases, self.cache_dir, view={"preprocess": self.preprocess, "axis": sampler.axis},
+                compute=lambda c: predict_logits(self.teacher, c.image, device=ctx["device"], slice_axis=sampler.axis))
+            info = {k: v for k, v in info.items() if k not in ("seconds", "megabytes")}
+        else:
+            cached = [predict_logits(self.teacher, c.image, device=ctx["device"], slice_axis=sampler.axis)
+                      .astype(np.float16) for c in sampler.cases]
         sampler.set_extras(cached, "teacher_logits")
         mb = sum(a.nbytes for a in cached) / 2 ** 20
-        emit("stage", name="teacher_cache", status="done", seconds=round(time.time() - t0, 2), megabytes=round(mb, 1))
+        emit("stage", name="teacher_cache", status="done", seconds=round(time.time() - t0, 2), megabytes=round(mb, 1),
+             **info)
 
     def prepare(self, ctx) -> None:
+        if self.warmup and ctx["sampler"].n_labelled == 0:  # label-free: nothing to learn first, so no warm-up
+            self.warmup = None
+            ctx["emit"]("notice", message="no labelled cases: the distillation terms start at full weight "
+                                          "(distill.warmup is for learning from labels first)")
         if self.cache_teacher:
             self._build_teacher_cache(ctx)
         if self._pretrain_stages(ctx) and self.balance == "grad" and not self.calibrated:
             self.calibrate(ctx)
+
+    def agreement(self, model, cases, device, slice_axis: int) -> Optional[Dict[str, Any]]:
+        """Agreement of ``model`` with the teacher on ``cases`` (validation without labels)."""
+        from .agreement import teacher_agreement
+
+        return teacher_agreement(self, model, cases, device, slice_axis)
 
     def term_ratio(self, label: str, term) -> Optional[float]:
         """The target ``||grad(w L_term)|| / ||grad L_seg||`` of a term (see ``distill/balance.py``); None for
@@ -280,30 +306,23 @@ class DistillTask(SupervisedTask):
             self.calibrated = bool(saved["calibrated"])
 
 
-def _spec_taps(name: str, params: Dict[str, Any]) -> Tuple[str, ...]:
-    """The taps a term with these parameters reads (its ``taps``/``tap`` parameter, else its class's)."""
-    from ..registry import TERMS
-
-    if params.get("taps"):
-        return tuple(params["taps"])
-    if params.get("tap"):
-        return (params["tap"],)
-    return tuple(getattr(TERMS.get(name), "TAPS", ("logits",)))
-
-
 def needs_only_outputs(method: Optional[str] = None, terms: Optional[List[Dict[str, Any]]] = None) -> bool:
     """True when the terms of ``terms`` (a ``distill.terms`` list) or else of the preset ``method`` read
     the teacher's outputs (logits) alone, so its outputs can be cached once per image
     (``distill.cache_teacher``); False for a method without terms."""
-    from . import load_all
-    from ..registry import METHODS
+    pairs = term_pairs(method, terms)
+    return bool(pairs) and all(set(spec_taps(n, p)) <= {"logits"} for n, p in pairs)
 
-    load_all()
-    if terms:
-        pairs = [(t["name"], dict(t.get("params") or {})) for t in terms]
-    else:
-        pairs = [(name, dict(params or {})) for name, _, params in METHODS.meta(method or "none").get("terms", [])]
-    return bool(pairs) and all(set(_spec_taps(n, p)) <= {"logits"} for n, p in pairs)
+
+def check_fit(source, dc, student_dims: int) -> None:
+    """Refuse a method a teacher from a file cannot serve (taps it lacks, parts it does not expose), naming the
+    methods it can, and a teacher of other dimensions than the student without the output cache."""
+    why = refusal(dc.method or "none", dc.terms, source.taps, source.has_parts, source.describe())
+    if why:
+        raise DistillError(why)
+    if source.dims != student_dims and not dc.cache_teacher:
+        raise DistillError(f"{source.describe()} is {source.dims}D and the student {student_dims}D: such a teacher "
+                           "teaches through its cached outputs only (distill.cache_teacher with an output-only method)")
 
 
 def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=None,
@@ -313,12 +332,20 @@ def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=N
     from ..models.factory import tap_info
     from ..registry import METHODS
 
+    from ..teachers import open_teacher
+    from ..teachers.cache import default_cache_dir
+
     dc = cfg.distill
     if not dc.teacher:
-        raise DistillError("distillation needs distill.teacher (a teacher run folder)")
-    teacher, t_card = load_teacher(dc.teacher, device or "cpu")
+        raise DistillError("distillation needs distill.teacher (a run folder, an ONNX or TorchScript file, a MONAI "
+                           "bundle folder, or a module registered with teachers.register_module)")
+    source = open_teacher(dc.teacher, preprocess=dc.teacher_preprocess, taps=dc.teacher_taps, device=device or "cpu",
+                          threads=cfg.train.threads)
+    teacher, t_card = source.module, source.card
     in_ch = student.in_channels
     check_compatible(t_card, num_classes, in_ch, preprocess or {})
+    if source.kind != "run":  # a run folder's teacher serves every method, as it always has
+        check_fit(source, dc, getattr(student, "spatial_dims", 2))
     size = max(32, cfg.data.patch_size)
     t_info = tap_info(teacher, in_ch, size=size)
     s_info = tap_info(student, in_ch, size=size)
@@ -327,7 +354,8 @@ def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=N
         terms = build_terms([TermSpec(**s) for s in dc.terms], t_info, s_info, num_classes, dims)
     else:
         terms = METHODS.get(dc.method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
+    cache_dir = dc.teacher_cache_dir or (str(default_cache_dir()) if source.kind != "run" else None)
     return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
                        stage_iterations=dc.stage_iterations, cache_teacher=bool(dc.cache_teacher),
                        balance=dc.balance, grad_ratio=dc.grad_ratio, warmup=dc.warmup,
-                       balance_batches=dc.balance_batches)
+                       balance_batches=dc.balance_batches, source=source, cache_dir=cache_dir, preprocess=preprocess)
