@@ -40,7 +40,7 @@ def _members(results: Path):
     roots = [p for p in results.glob("*/gpu") if p.is_dir()] + [results / "teachers" / "gpu"]
     for root in roots:
         for f in sorted(root.rglob("*")):
-            if not f.is_file() or f.suffix == ".onnx" or "cache" in f.relative_to(root).parts:
+            if not f.is_file() or f.suffix == ".onnx" or f.name == ".medkd.lock" or "cache" in f.relative_to(root).parts:
                 continue
             run = next((p for p in f.parents if (p / "events.jsonl").exists()), None)
             done = run is not None and _finished(run)
@@ -62,7 +62,7 @@ def main(results: str, out: str) -> None:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime = len(data), int(f.stat().st_mtime)
                 tar.addfile(info, io.BytesIO(data))
-    packed = lzma.compress(buf.getvalue(), preset=6)
+    packed = lzma.compress(buf.getvalue(), preset=1)  # weights hardly compress: speed first
     for i in range(0, len(packed), PART):
         (out / f"gpu_results.tar.xz.{i // PART:02d}").write_bytes(packed[i:i + PART])
     print(f"packed {len(buf.getvalue()) / 2**20:.1f} MB of runs into {len(packed) / 2**20:.1f} MB "
