@@ -40,13 +40,13 @@ bench() {  # suite: the whole gpu preset, stopped cleanly (SIGTERM: runs save an
   echo "[$(elapsed) s] $1 exit $?"
 }
 mkdir -p results
-bench hippocampus_scarce &
+bench hippocampus_scarce & pids=$!
 teacher=results/teachers/gpu/hippocampus_unet_half/events.jsonl
 until grep -q '"status": "finished"' "$teacher" 2>/dev/null || [ "$(elapsed)" -ge "$DEADLINE" ] || [ -z "$(jobs -r)" ]; do sleep 5; done
 echo "[$(elapsed) s] teacher done: $(grep '"event": "val"' "$teacher" | tail -1 | cut -c1-200)"
-bench hippocampus_capacity &
+bench hippocampus_capacity & pids="$pids $!"
 while [ -n "$(jobs -r)" ]; do sleep 30; echo "[$(elapsed) s] $(ls -d results/*/gpu/runs/* 2>/dev/null | wc -l) run folders; $(grep -l '"status": "finished"' results/*/gpu/runs/*/events.jsonl 2>/dev/null | wc -l) finished; $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"; done
-wait
+wait $pids  # not a bare `wait`: it would also wait for the tee above, for ever
 tail -n 25 results/bench_*_gpu.log
 $PY benchmarks/pack_runs.py results "$OUT"
 echo "[$(elapsed) s] packed: $(ls "$OUT")"
