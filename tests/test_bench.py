@@ -33,6 +33,7 @@ def test_bench_writes_table_and_reuses_runs(tiny_vessels, tmp_path, monkeypatch,
     for row in ("teacher (unet_tiny)", "student alone", "student + gkd"):
         assert row in md
     assert "FSD in vs" in md
+    assert "Trained on cpu" in md  # where the runs were trained, from their logs (a GPU lease's runs say so)
     rows = list(csv.DictReader(open(root / "results.csv")))
     assert [r["method"] for r in rows] == ["teacher", "none", "gkd"]
     assert rows[1]["seeds"] == "2"
@@ -325,3 +326,19 @@ def test_runs_without_a_teacher_are_not_compared_on_distillation_settings():
     assert _config_differences(saved, wanted) == []
     saved.distill.method = wanted.distill.method = "logit_kd"
     assert any("distill.warmup" in d for d in _config_differences(saved, wanted))
+
+
+def test_training_devices_count_each_session_of_each_run(tmp_path):
+    import json
+
+    from napari_medkd.workflows.bench_table import _training_devices
+
+    def run(name, *devices):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [json.dumps({"event": "start", "device": dev}) for dev in devices] + [json.dumps({"event": "end"})]
+        (d / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return d
+
+    runs = [run("a", "cuda:0 (H200)"), run("b", "cuda:0 (H200)", "cpu (2 threads)"), tmp_path / "missing"]
+    assert _training_devices(runs) == "cuda:0 (H200): 2 sessions; cpu (2 threads): 1 session"

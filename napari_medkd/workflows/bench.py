@@ -305,7 +305,8 @@ def run_bench(suite_path: Path, preset: str, results: Path, log: Callable[[str],
     _fsd_columns(rows, suite, domains, runs, log)
     for r in rows:
         r.pop("_runs", None)
-    out = write_outputs(rows, root, suite, preset, domains, time.time() - t_start, jobs or suite.jobs)
+    out = write_outputs(rows, root, suite, preset, domains, time.time() - t_start, jobs or suite.jobs,
+                        teacher_run=teacher_run)
     log(f"== written {out}")
     return out
 

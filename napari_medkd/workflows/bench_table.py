@@ -150,7 +150,29 @@ def _headroom_lines(rows) -> List[str]:
     return out
 
 
-def _compute_line(rows, suite, preset: str, seconds: float, jobs: int) -> str:
+def _training_devices(run_dirs) -> str:
+    """Where the runs were trained, from their event logs' ``start`` events (one per session, so a run
+    trained on a GPU and finished on a CPU after a resume counts on both): "cuda:0 (NVIDIA H200, 140 GiB):
+    35 sessions; cpu (2 threads): 2 sessions". The table is made where ``medkd bench`` runs, which need
+    not be where the runs were trained."""
+    import collections
+    import json
+
+    seen = collections.Counter()
+    for run in run_dirs:
+        ev = Path(run) / "events.jsonl"
+        if not ev.exists():
+            continue
+        for line in ev.read_text(encoding="utf-8").splitlines():
+            if '"event": "start"' in line:
+                try:
+                    seen[str(json.loads(line).get("device", "?"))] += 1
+                except ValueError:
+                    continue
+    return "; ".join(f"{d}: {n} session{'s' if n > 1 else ''}" for d, n in seen.most_common())
+
+
+def _compute_line(rows, suite, preset: str, seconds: float, jobs: int, devices: str = "") -> str:
     teacher_min = sum(r["train_s_per_run"] for r in rows if r["method"] == "teacher") / 60
     student_min = sum(r["train_s_per_run"] * r["seeds"] for r in rows if r["method"] != "teacher") / 60
     train_min = teacher_min + student_min
@@ -158,7 +180,7 @@ def _compute_line(rows, suite, preset: str, seconds: float, jobs: int) -> str:
     eval_min = sum(r["eval_s"] for r in rows if math.isfinite(r["eval_s"])) / 60
     return (f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
             f"seeds {suite.seeds}; machine: {platform.machine()}, {os.cpu_count()} CPU cores{_gpu_name()}, "
-            f"{time.strftime('%Y-%m-%d')}. Compute: training {train_min:.0f} run-minutes (teacher {teacher_min:.0f}, "
+            f"{time.strftime('%Y-%m-%d')}. " + (f"Trained on {devices}. " if devices else "") + "Compute: training {train_min:.0f} run-minutes (teacher {teacher_min:.0f}, "
             f"students {(train_min - teacher_min):.0f} in {jobs} parallel job(s), so about {train_wall:.0f} min wall) "
             f"+ evaluation {eval_min:.0f} min; this call took {seconds / 60:.0f} min. "
             f"Command: `medkd bench --suite {suite.name} --preset {preset}`")
@@ -172,11 +194,13 @@ def _write_csv(rows, path: Path) -> None:
         w.writerows(rows)
 
 
-def write_outputs(rows, root: Path, suite, preset: str, domains, seconds: float, jobs: int = 1) -> Path:
+def write_outputs(rows, root: Path, suite, preset: str, domains, seconds: float, jobs: int = 1,
+                  teacher_run: Optional[Path] = None) -> Path:
     _write_csv(rows, root / "results.csv")
+    devices = _training_devices(sorted((root / "runs").glob("*")) + ([teacher_run] if teacher_run else []))
     tags = [t for t, _ in domains]
     fsd_tags = [t for t in tags[1:] if f"fsd_{t}" in rows[0]]
-    lines = [_compute_line(rows, suite, preset, seconds, jobs), ""] + render_table(rows, tags, fsd_tags)
+    lines = [_compute_line(rows, suite, preset, seconds, jobs, devices), ""] + render_table(rows, tags, fsd_tags)
     md = root / "results.md"
     write_text_atomic(md, "\n".join(lines) + "\n")
     _plots(rows, root, tags)
