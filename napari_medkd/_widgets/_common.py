@@ -27,8 +27,10 @@ TOOLTIPS: Dict[str, str] = {
     "budget_kind": "Stop after this many iterations or minutes of training.",
     "device": "auto = CUDA, then Apple MPS, then CPU. The run happens in a separate process, so GPU memory "
               "is freed when it ends.",
-    "out_dir": "New, empty run folder for the student (the teacher goes to <folder>_teacher). "
-               "Resume continues the run in this folder.",
+    "out_dir": "Optional: a new, empty run folder for the student (the teacher goes to <folder>_teacher). "
+               "Empty = a new folder per Start in the runs folder, named <date>-<model>-<method>. "
+               "Resume continues the run in this folder (empty: the last run started here).",
+    "runs_root": "Where new run folders are made (one per Start) and where the runs browser looks.",
     "val_every": "Iterations between validations (and checkpoints) of the run.",
     "threads": "torch CPU threads of the run (0 = all cores; the default leaves one core to napari).",
     "patch_size": "Training patch size in pixels (voxels for 3D models).",
@@ -185,10 +187,12 @@ def current_index(viewer, layer, axis: int) -> int:
 
 # -- runs -------------------------------------------------------------------------------------
 def check_run_folder(path, what: str) -> Path:
-    """A run folder holding a checkpoint, else an InputError naming it."""
+    """A run folder (a path or a FileEdit) holding a checkpoint, else an InputError naming it."""
     from ..train.run_model import checkpoint_path
     from ..train.checkpoint import CheckpointError
 
+    if hasattr(path, "line_edit"):  # a FileEdit: its text, empty = not set
+        path = path_value(path)
     if path is None or str(path) in ("", "."):
         raise InputError(f"choose the {what} run folder")
     p = Path(path).expanduser()
@@ -215,7 +219,7 @@ def read_model_pair(image_combo, teacher_edit, student_edit, missing_image: str 
     layer = image_combo.value
     if layer is None:
         raise InputError(missing_image)
-    return layer, check_run_folder(teacher_edit.value, "teacher"), check_run_folder(student_edit.value, "student")
+    return layer, check_run_folder(teacher_edit, "teacher"), check_run_folder(student_edit, "student")
 
 
 def start_worker(func: Callable, *args, returned: Optional[Callable] = None, yielded: Optional[Callable] = None,
@@ -244,10 +248,13 @@ def labels_colormap(colors: Dict[int, str]):
     return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colors})
 
 
-def run_dir_default(prefix: str) -> Path:
-    import time
-
-    return Path.home() / "medkd_runs" / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+def path_value(edit) -> Optional[Path]:
+    """A FileEdit's path, or None when the field is empty (magicgui reads '' as '.' or the working
+    folder; an empty field means "not set", never the folder napari was started in)."""
+    text = str(getattr(getattr(edit, "line_edit", None), "value", edit.value) or "").strip()
+    if text in ("", "."):
+        return None
+    return Path(text).expanduser()
 
 
 def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
