@@ -269,3 +269,10 @@ def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
                                    image_name=image_layer.name, labels_name=labels_layer.name)
     except ArrayDatasetError as exc:
         raise InputError(str(exc)) from exc
+
+
+def widget_opened() -> None:
+    """Called by every napari-medkd panel when it opens: the one-time reader offer (``_reader_offer``)."""
+    from .._reader_offer import offer_reader_preference
+
+    offer_reader_preference()
