@@ -43,7 +43,8 @@ TOOLTIPS: Dict[str, str] = {
              "masked-mean prototypes of the teacher's predicted classes (EMKD RAD, MSKD class graph).",
     "tap": "Feature tap of both models (enc_low, enc_mid, enc_high, bottleneck, dec_mid, dec_low).",
     "top_k": "Draw only the k strongest edges so the graph stays readable.",
-    "onnx": "An exported student (.onnx, e.g. from `medkd export`).",
+    "onnx": "An exported student (.onnx, e.g. from Export ONNX or `medkd export`), or a run folder (its exported "
+            "model is used, exported on first use).",
     "live": "Segment the slice in view whenever you scroll (debounced, stale results dropped).",
 }
 

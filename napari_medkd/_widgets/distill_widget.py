@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 from . import _common as C
 from ..config import ConfigError, RunConfig, load_config
 from ._plots import CurvePlot
+from ._export_row import ExportRow
 from ._lifetime import on_close
 from ._runs import (LAYERS_DATA, PROCESS_LOG, cli_command, config_step, default_runs_root, new_run_dir,
                     stop_process, tail_events)
@@ -37,6 +38,7 @@ class DistillWidget(QWidget):
         self._build_form(napari_viewer)
         self._build_layout()
         self._init_state()
+        C.widget_opened()
 
     def _build_form(self, viewer) -> None:
         from napari.layers import Image, Labels
@@ -80,13 +82,14 @@ class DistillWidget(QWidget):
         for lbl in (self.status, self.run_label):
             lbl.setWordWrap(True)
         self.plot = CurvePlot(self)
+        self.export_row = ExportRow(lambda: self.run_dir, self)  # the finished (or stopped) run
         buttons = QHBoxLayout()
         for b in (self.start_btn, self.cancel_btn, self.resume_btn):
             buttons.addWidget(b)
         lay = QVBoxLayout(self)
         lay.addWidget(self.form.native)
         lay.addLayout(buttons)
-        for w in (self.progress, self.status, self.run_label, self.plot):
+        for w in (self.progress, self.status, self.run_label, self.export_row, self.plot):
             lay.addWidget(w)
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
@@ -128,6 +131,7 @@ class DistillWidget(QWidget):
         self.teacher_dir.visible = not self.train_teacher.value
 
     def _set_running(self, running: bool) -> None:
+        self.export_row.button.setEnabled(not running and self.run_dir is not None)
         self.start_btn.setEnabled(not running)
         self.resume_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
