@@ -67,6 +67,25 @@ def layer_kwargs_to_geometry(scale: Sequence[float], translate: Sequence[float],
             "direction": [float(v) for v in d_np[::-1, ::-1].ravel()]}
 
 
+#: SimpleITK's physical axes run right->left, anterior->posterior, inferior->superior (LPS)
+_LPS = (("R", "L"), ("A", "P"), ("I", "S"))
+
+
+def anatomical_axis_labels(direction: Sequence[float], n: int) -> Optional[Tuple[str, ...]]:
+    """napari axis labels (numpy order) naming where each axis points, e.g. ``("I→S", "A→P", "R→L")``
+    for an axis-aligned volume; None for 2D images (a photo has no anatomical frame)."""
+    if n != 3:
+        return None
+    d = np.asarray(direction, dtype=float).reshape(n, n)
+    labels = []
+    for k in range(n):                 # numpy axis k is SimpleITK axis n-1-k: direction column n-1-k
+        col = d[:, n - 1 - k]
+        m = int(np.argmax(np.abs(col)))
+        a, b = _LPS[m]
+        labels.append(f"{a}→{b}" if col[m] > 0 else f"{b}→{a}")
+    return tuple(labels)
+
+
 def image_layer_data(img, name: str, layer_type: str = "image", source: str = "") -> LayerData:
     """A ``MedicalImage`` -> napari layer-data tuple with its geometry."""
     geo = img.geometry()
@@ -74,6 +93,9 @@ def image_layer_data(img, name: str, layer_type: str = "image", source: str = ""
     data = img.array
     meta = {"medkd_geometry": geo, "source": source or str(img.path or "")}
     attrs: Dict[str, Any] = {"name": name, **kwargs, "metadata": meta}
+    axes = anatomical_axis_labels(img.direction, len(img.spacing))
+    if axes:
+        attrs["axis_labels"] = axes
     if layer_type == "labels":
         data = as_label_array(data)
     elif data.ndim == img.ndim_spatial + 1 and data.shape[-1] in (3, 4):

@@ -79,3 +79,22 @@ def test_one_time_offer_to_become_the_medical_image_reader(make_napari_viewer, t
     assert "*.nii.gz" in PATTERNS and "*.dcm" in PATTERNS and "*.mha" in PATTERNS and "*.nrrd" in PATTERNS
     [layer] = viewer.open(str(path), plugin=None)  # what File > Open does: now napari-medkd
     assert "medkd_geometry" in layer.metadata
+
+
+def test_volumes_get_anatomical_axis_labels_and_samples_readable_colours(make_napari_viewer, shown):
+    from napari_medkd._reader import anatomical_axis_labels
+
+    assert anatomical_axis_labels(np.eye(3).ravel(), 3) == ("I→S", "A→P", "R→L")
+    flipped = np.diag([-1.0, -1.0, 1.0])  # RAS-stored NIfTI: x and y run the other way
+    assert anatomical_axis_labels(flipped.ravel(), 3) == ("I→S", "P→A", "L→R")
+    assert anatomical_axis_labels(np.eye(2).ravel(), 2) is None
+    viewer = make_napari_viewer()
+    mri, labels = viewer.open_sample("napari-medkd", "hippocampus")
+    geo = mri.metadata["medkd_geometry"]
+    assert tuple(mri.axis_labels) == anatomical_axis_labels(geo["direction"], 3)
+    assert [lbl[0] for lbl in mri.axis_labels] in (["I", "P", "L"], ["I", "A", "R"])  # Decathlon: I, P, L
+    assert tuple(viewer.dims.axis_labels) == tuple(mri.axis_labels)
+    np.testing.assert_allclose(labels.colormap.map(1)[:3], [0x3B / 255, 0x82 / 255, 0xF6 / 255], atol=1e-6)
+    _, vessels = viewer.open_sample("napari-medkd", "fundus")
+    np.testing.assert_allclose(vessels.colormap.map(1)[:3], [0, 0xE5 / 255, 1], atol=1e-6)
+    assert vessels.colormap.map(0)[3] == 0
