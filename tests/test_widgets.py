@@ -250,6 +250,16 @@ def test_region_graph_adds_points_and_shapes(make_napari_viewer, qtbot, runs, ki
     if kind == 0:
         assert a["teacher"].shape[0] > 4 and np.allclose(np.diag(a["teacher"]), 1, atol=1e-4)
     assert len(w.plot.titles) == 3
+    # a recompute updates the six layers in place (no remove / re-add)
+    before = {lyr.name: lyr for lyr in viewer.layers}
+    w.result = {}
+    w.top_k.value = 5
+    w.compute()
+    qtbot.waitUntil(lambda: bool(w.result), timeout=60_000)
+    assert all(viewer.layers[n] is lyr for n, lyr in before.items()) and len(viewer.layers) == len(before)
+    for side in ("teacher", "student", "difference"):
+        edges = viewer.layers[f"graph {side} edges"]
+        assert len(edges.data) <= 5 and set(edges.shape_type) <= {"line"}
 
 
 def test_alignment_adds_heatmap_layer(make_napari_viewer, qtbot, runs):

@@ -164,13 +164,17 @@ def _is_kind(layer, kind: str) -> bool:
 
 
 def put_layer(viewer, kind: str, data, name: str, like=None, **kwargs):
-    """Add a layer of ``kind`` on ``like``'s grid, or update the image/labels layer of that name."""
+    """Add a layer of ``kind`` on ``like``'s grid, or update the layer of that name and kind in place
+    (``layer.data = ...``: removing and re-adding a layer costs napari a full garbage collection)."""
     geo = geometry_kwargs(like) if like is not None else {}
-    if name in viewer.layers and _is_kind(viewer.layers[name], kind) and kind in ("labels", "image"):
+    if name in viewer.layers and _is_kind(viewer.layers[name], kind):
         layer = viewer.layers[name]
-        layer.data = data
+        if kind == "shapes":  # every shape with its type, else napari's default type is used
+            layer.data = [(d, kwargs.get("shape_type", "rectangle")) for d in data]
+        else:
+            layer.data = data
         for k, v in {**geo, **kwargs}.items():
-            if k not in ("name",):
+            if k not in ("name", "shape_type"):
                 setattr(layer, k, v)
         return layer
     if name in viewer.layers:

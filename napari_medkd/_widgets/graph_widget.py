@@ -15,6 +15,7 @@ from magicgui.widgets import ComboBox, Container, SpinBox
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
+from ._lifetime import on_close
 from ..analysis.graphs import GRAPH_TYPES, SIDES, TAPS, region_graphs_of_runs
 from ._plots import MatrixPlot
 
@@ -62,6 +63,8 @@ class GraphWidget(QWidget):
         self.result: Dict[str, Any] = {}
         self.layers: Dict[str, Any] = {}
         self.worker = None
+        on_close(self, lambda: self.worker is not None and self.worker.quit())
+        C.widget_opened()
 
     def compute(self) -> None:
         try:
@@ -110,10 +113,8 @@ class GraphWidget(QWidget):
     def _edges(self, side: str, edges, coords: np.ndarray, layer, base: float):
         """The top-k edges as a Shapes layer of lines (width ~ |affinity|, colour = affinity)."""
         name = f"graph {side} edges"
-        if not edges:
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            return None
+        if not edges:  # an empty layer, never removed: the next result updates it in place
+            return C.put_layer(self.viewer, "shapes", [], name, like=layer, shape_type="line", opacity=0.8)
         vals = np.array([v for _, _, v in edges])
         width = base * (0.08 + 0.35 * np.abs(vals) / (np.abs(vals).max() or 1.0))
         lines = [np.stack([coords[i], coords[j]]) for i, j, _ in edges]
