@@ -8,6 +8,7 @@ late each tick fires (p50, p99, max, in ms) in six scenarios on the hippocampus 
   Region graphs compute   patch graph at the bottleneck on the slice in view (6 layers)
   Region graphs recompute the same again (layers updated in place)
   Live while scrolling    an ONNX export of the student segmenting each slice while the slider moves
+                          (the other scenarios' layers hidden, as a reader scrolling would have them)
 
 Run under a display (xvfb-run -a -s "-screen 0 1280x1024x24" python benchmarks/bench_event_loop.py);
 the table is printed with the machine line (CPU, cores, load average: a shared, loaded machine
@@ -56,6 +57,40 @@ class Probe:
                 "ticks": len(a)}
 
 
+class StallSampler:
+    """With ``--stacks``: while the probe is late by more than ``late_ms``, sample where the GUI thread
+    is (every 20 ms) and count the innermost napari-medkd / napari / vispy frames: what stalls it."""
+
+    def __init__(self, probe: Probe, late_ms: float = 100.0):
+        import collections
+        import threading
+
+        self.probe, self.late_ms = probe, late_ms
+        self.counts: "collections.Counter" = collections.Counter()
+        self.main = threading.main_thread().ident
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _where(self) -> str:
+        import sys
+        import traceback
+
+        frame = sys._current_frames().get(self.main)
+        stack = traceback.extract_stack(frame) if frame is not None else []
+        keep = [f for f in stack if any(k in f.filename for k in ("napari_medkd", "napari/", "vispy", "matplotlib"))]
+        return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(keep[-3:])) or "?"
+
+    def _run(self):
+        while not self.stop.wait(0.02):
+            if self.probe.timer.isActive() and (time.perf_counter() - self.probe.last) * 1000 > self.late_ms:
+                self.counts[self._where()] += 1
+
+    def report(self, top: int = 6) -> None:
+        for where, n in self.counts.most_common(top):
+            print(f"    {n * 20:6d} ms  {where}")
+        self.counts.clear()
+
+
 def run_until(cond, timeout_s: float, poll_ms: int = 25) -> None:
     """Let Qt's event loop run until ``cond()`` (checked every ``poll_ms``) or the timeout."""
     from qtpy.QtCore import QEventLoop, QTimer
@@ -78,6 +113,9 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} cores, load average {' '.join(load)}, {platform.system()} {platform.release()}"
 
 
+SAMPLER = None
+
+
 def measure(name, rows, probe, action, done, timeout_s=600.0):
     probe.start()
     t0 = time.perf_counter()
@@ -88,6 +126,8 @@ def measure(name, rows, probe, action, done, timeout_s=600.0):
     rows.append((name, res))
     print(f"{name:26s} p50 {res['p50']:6.1f}  p99 {res['p99']:6.1f}  max {res['max']:7.1f} ms "
           f"({res['ticks']} ticks, {res['seconds']:.1f} s)", flush=True)
+    if SAMPLER is not None:
+        SAMPLER.report()
 
 
 def main(argv=None) -> None:
@@ -95,7 +135,9 @@ def main(argv=None) -> None:
     ap.add_argument("--iterations", type=int, default=20, help="iterations of each training run")
     ap.add_argument("--idle-s", type=float, default=3.0)
     ap.add_argument("--scroll-s", type=float, default=4.0)
+    ap.add_argument("--stacks", action="store_true", help="print where the GUI thread was while it stalled")
     args = ap.parse_args(argv)
+    global SAMPLER
     import napari
 
     from napari_medkd._widgets.compare_widget import CompareWidget
@@ -109,6 +151,7 @@ def main(argv=None) -> None:
     viewer.window.resize(1200, 800)
     image, _labels = viewer.open_sample("napari-medkd", "hippocampus")
     probe, rows = Probe(), []
+    SAMPLER = StallSampler(probe) if args.stacks else None
     run_until(lambda: True, 1)
     measure("idle", rows, probe, lambda: None,
             lambda t0=time.perf_counter(): time.perf_counter() - t0 > args.idle_s)
@@ -138,6 +181,8 @@ def main(argv=None) -> None:
     g.result = {}
     measure("Region graphs recompute", rows, probe, g.compute, lambda: bool(g.result))
 
+    for lyr in viewer.layers:  # a reader scrolling with Live sees the image and the live result only
+        lyr.visible = lyr is image
     live = LiveWidget(viewer)
     viewer.window.add_dock_widget(live, name="Live")
     live.image_layer.value, live.onnx.value = image, student  # the run folder: exported on first use

@@ -169,18 +169,38 @@ def put_layer(viewer, kind: str, data, name: str, like=None, **kwargs):
     geo = geometry_kwargs(like) if like is not None else {}
     if name in viewer.layers and _is_kind(viewer.layers[name], kind):
         layer = viewer.layers[name]
-        if kind == "shapes":  # every shape with its type, else napari's default type is used
-            layer.data = [(d, kwargs.get("shape_type", "rectangle")) for d in data]
-        else:
-            layer.data = data
-        for k, v in {**geo, **kwargs}.items():
-            if k not in ("name", "shape_type"):
+        attrs = {k: v for k, v in {**geo, **kwargs}.items() if k not in ("name", "shape_type")}
+        if kind in ("points", "shapes"):  # one redraw for data and styles, not one per attribute
+            with layer.events.blocker_all():
+                _update_vector_layer(layer, kind, data, kwargs.get("shape_type", "rectangle"), attrs)
+            layer.refresh()
+            return layer
+        layer.data = data
+        for k, v in attrs.items():
+            if not _same(getattr(layer, k, None), v):  # each change costs napari a refresh
                 setattr(layer, k, v)
         return layer
     if name in viewer.layers:
         viewer.layers.remove(name)
     add = getattr(viewer, f"add_{kind}")
     return add(data, name=name, **geo, **kwargs)
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:  # noqa: BLE001 - not comparable: set it
+        return False
+
+
+def _update_vector_layer(layer, kind: str, data, shape_type: str, attrs) -> None:
+    if kind == "shapes":  # every shape with its type, else napari's default type is used
+        layer.data = [(d, shape_type) for d in data]
+    else:
+        layer.data = data
+    for k, v in attrs.items():
+        if not _same(getattr(layer, k, None), v):
+            setattr(layer, k, v)
 
 
 def current_index(viewer, layer, axis: int) -> int:

@@ -6,7 +6,8 @@ from typing import Dict, List, Mapping
 
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ._plots import FG, _canvas, style_axes
+from ._figure import OffThreadFigure
+from ._plots import FG, style_axes
 
 PAIR_COLORS = {"teacher vs truth": "#9ca3af", "student vs truth": "#3b82f6", "student vs teacher": "#f59e0b"}
 
@@ -14,25 +15,30 @@ PAIR_COLORS = {"teacher vs truth": "#9ca3af", "student vs truth": "#3b82f6", "st
 class DiceChart(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.fig, self.canvas = _canvas(3.6, 1.9)
+        self.canvas = OffThreadFigure(3.6, 1.9, self)
         self.setMinimumHeight(150)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)
         self.bars: Dict[str, List[float]] = {}
 
-    def show(self, metrics: Mapping[str, Mapping[int, Mapping[str, float]]], names: Mapping[int, str]) -> None:
+    def show_metrics(self, metrics: Mapping[str, Mapping[int, Mapping[str, float]]], names: Mapping[int, str]) -> None:
         """``metrics[pair][class]["dice"]``; a class without a Dice (absent in both) gets no bar."""
-        self.fig.clear()
-        ax = self.fig.add_subplot(1, 1, 1)
-        style_axes(ax, "Dice per class (1 = identical)")
         pairs = list(metrics)
         classes = sorted(next(iter(metrics.values()))) if pairs else []
+        self.bars = {pair: [metrics[pair][c].get("dice", math.nan) for c in classes] for pair in pairs}
+        bars, names = dict(self.bars), dict(names)
+        self.canvas.submit(lambda fig: self._draw(fig, bars, classes, names))
+
+    @staticmethod
+    def _draw(fig, bars, classes, names) -> None:
+        fig.clear()
+        ax = fig.add_subplot(1, 1, 1)
+        style_axes(ax, "Dice per class (1 = identical)")
+        pairs = list(bars)
         width = 0.8 / max(1, len(pairs))
-        self.bars = {}
         for k, pair in enumerate(pairs):
-            vals = [metrics[pair][c].get("dice", math.nan) for c in classes]
-            self.bars[pair] = vals
+            vals = bars[pair]
             xs = [i + (k - (len(pairs) - 1) / 2) * width for i in range(len(classes))]
             ax.bar(xs, [0 if not math.isfinite(v) else v for v in vals], width, label=pair,
                    color=PAIR_COLORS.get(pair, FG))
@@ -42,4 +48,3 @@ class DiceChart(QWidget):
         leg = ax.legend(fontsize=6, loc="lower right", facecolor="#262930", edgecolor=FG)
         for t in leg.get_texts():
             t.set_color(FG)
-        self.canvas.draw_idle()

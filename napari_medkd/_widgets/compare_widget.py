@@ -133,7 +133,7 @@ class CompareWidget(QWidget):
             show_grid(v, layer, [t, s, d])
         self.legend.setText(legend_html(res["class_names"], teacher, student))
         self._fill_table(res)
-        self.chart.show(res["metrics"], res["class_names"])
+        self.chart.show_metrics(res["metrics"], res["class_names"])
         n = int((res["disagreement"] > 0).sum())
         self.status.setText(f"{n} voxels disagree ({100.0 * n / max(1, res['disagreement'].size):.2f} % of the image)")
 
