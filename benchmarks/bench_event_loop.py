@@ -39,6 +39,7 @@ class Probe:
         self.timer.timeout.connect(self._tick)
         self.late: list = []
         self.last = 0.0
+        self.active = False  # read by StallSampler's thread (no Qt calls from there)
 
     def _tick(self):
         now = time.perf_counter()
@@ -48,9 +49,11 @@ class Probe:
     def start(self):
         self.late = []
         self.last = time.perf_counter()
+        self.active = True
         self.timer.start()
 
     def stop(self):
+        self.active = False
         self.timer.stop()
         a = np.asarray(self.late or [0.0])
         return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
@@ -82,7 +85,7 @@ class StallSampler:
 
     def _run(self):
         while not self.stop.wait(0.02):
-            if self.probe.timer.isActive() and (time.perf_counter() - self.probe.last) * 1000 > self.late_ms:
+            if self.probe.active and (time.perf_counter() - self.probe.last) * 1000 > self.late_ms:
                 self.counts[self._where()] += 1
 
     def report(self, top: int = 6) -> None:
