@@ -115,8 +115,11 @@ class LiveWidget(QWidget):
         C.widget_opened()
 
     def _on_closed(self) -> None:
-        self._debounce.stop()
-        self.live.value = False  # no more slices once the panel is closed
+        try:
+            self._debounce.stop()
+            self.live.value = False  # no more slices once the panel is closed
+        except RuntimeError:  # the viewer is closing: its Qt objects are already gone
+            pass
 
     # -- inputs -------------------------------------------------------------------------------
     def _session(self, then) -> Optional[_Session]:

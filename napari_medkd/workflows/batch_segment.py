@@ -1,6 +1,7 @@
 """Segment a folder with a run's model, write each mask with its image's geometry, and a CSV of what
 was found: per case and class the volume (ml, or mm² for 2D images) and, when a labels folder is
-given, Dice and HD95 (mm) against the label of the same file name. napari's batch panel calls it;
+given, Dice and HD95 (mm) against the label of the same file name ("nan" where the class is in
+neither: not defined). napari's batch panel calls it;
 ``inference.batch.run_batch`` does the planning, locking and per-file failures."""
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def _truth_for(src: Path, labels_dir: Optional[Path]) -> Optional[Path]:
 
 def case_rows(pred, names: Dict[int, str], truth_path: Optional[Path]) -> List[Dict[str, Any]]:
     """One row per foreground class of one written prediction."""
+    from ..analysis.compare import pair_metrics
     from ..data.datasets import load_label
-    from ..metrics.segmentation import segmentation_metrics
 
     img, labels = pred.reference, np.asarray(pred.labels)
     spacing = tuple(reversed(img.spacing))[: labels.ndim]
@@ -48,7 +49,7 @@ def case_rows(pred, names: Dict[int, str], truth_path: Optional[Path]) -> List[D
     metrics = {}
     if truth_path is not None:
         truth = load_label(truth_path)
-        metrics = segmentation_metrics(labels, truth, classes, spacing=spacing) if truth.shape == labels.shape else {}
+        metrics = pair_metrics(labels, truth, classes, spacing) if truth.shape == labels.shape else {}
     unit = "ml" if labels.ndim == 3 else "mm2"
     rows = []
     for c in classes:
