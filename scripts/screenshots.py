@@ -63,8 +63,10 @@ def dock(viewer, widget, name: str):
     """Dock ``widget`` on the right, replacing the previous one (the canvas keeps its size)."""
     while _DOCKED:
         viewer.window.remove_dock_widget(_DOCKED.pop())
+    widget.setMaximumWidth(560)  # wide tables would otherwise squeeze the canvas
     dw = viewer.window.add_dock_widget(widget, name=name, area="right")
     _DOCKED.append(dw)
+    viewer.window.resize(1400, 900)
     return dw
 
 
@@ -78,6 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", help="folder for the runs (default: a temporary folder)")
     ap.add_argument("--minutes", type=float, default=1.5, help="training budget of the teacher and of the student")
     ap.add_argument("--method", default="mskd")
+    ap.add_argument("--student", help="a finished student run folder to reuse (skips training and the Distil shot)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,15 +114,18 @@ def main(argv=None) -> int:
     w.patch_size.value, w.batch_size.value, w.val_every.value = 48, 8, 40
     w.runs_root.value = work  # the run folder field stays empty: one new folder per Start
     viewer.layers.selection.active = image
-    w.start()
-    run = w.run_dir
-    wait(lambda: not w.running, 3600, "teacher training and distillation")
-    if w.prediction_layer is None:
-        raise RuntimeError(f"the Distil run did not finish: {w.status.text()}")
-    w.prediction_layer.opacity = 0.6
-    labels.visible = False
-    shoot(viewer, out, "distill")
-    print(f"event-loop delay during the runs: max {w.max_event_loop_delay_ms:.0f} ms", flush=True)
+    if args.student:  # reuse a finished run (its teacher beside it): no training, no Distil shot
+        run = Path(args.student)
+    else:
+        w.start()
+        wait(lambda: not w.running, 3600, "teacher training and distillation")
+        if w.prediction_layer is None:
+            raise RuntimeError(f"the Distil run did not finish: {w.status.text()}")
+        run = w.run_dir  # the student's run folder (the teacher's is <run>_teacher)
+        w.prediction_layer.opacity = 0.6
+        labels.visible = False
+        shoot(viewer, out, "distill")
+        print(f"event-loop delay during the runs: max {w.max_event_loop_delay_ms:.0f} ms", flush=True)
     teacher_run = run.with_name(run.name + "_teacher")
 
     # 2. Compare
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
         lyr.visible = lyr.name in shown or any(lyr.name == f"{image.name} | {n}" for n in shown)
     viewer.reset_view()
     shoot(viewer, out, "compare_grid")
-    viewer.grid.enabled = False
+    viewer.canvas.grid.enabled = False
     for lyr in viewer.layers:
         lyr.visible = lyr is image
 
@@ -178,6 +184,11 @@ def main(argv=None) -> int:
     wait(lambda: rw.export_row.button.isEnabled(), 600, "export")
     rw.refresh()
     rw.select(run.name)
+    viewer.layers.selection.active = image
+    rw.show_on_image()
+    wait(lambda: f"{run.name} prediction" in viewer.layers and not rw.worker.is_running, 300, "show on image")
+    for lyr in viewer.layers:
+        lyr.visible = lyr in (image, viewer.layers[f"{run.name} prediction"])
     shoot(viewer, out, "runs")
 
     # 6. Batch: the sample's training images, with their labels for the metrics CSV
@@ -187,6 +198,8 @@ def main(argv=None) -> int:
     bw.output.value = work / "batch_masks"
     bw.start()
     wait(lambda: bw.result is not None, 600, "batch")
+    for lyr in viewer.layers:
+        lyr.visible = lyr in (image, labels)
     shoot(viewer, out, "batch")
 
     # 7. Live ONNX inference, given the run folder (its exported model)

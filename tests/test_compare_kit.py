@@ -100,7 +100,7 @@ def test_compare_is_readable(make_napari_viewer, qtbot, runs, errors):
     assert "HD95 (mm) teacher vs truth" in headers and "Dice student vs teacher" in headers
     assert set(w.chart.bars) == {"teacher vs truth", "student vs truth", "student vs teacher"}
     # grid: each result over its own copy of the image, titled; first result layer object kept
-    assert viewer.grid.enabled and viewer.grid.stride == 2
+    assert viewer.canvas.grid.enabled and viewer.canvas.grid.stride == 2
     names = [lyr.name for lyr in viewer.layers]
     for ov in (t, s, d):
         i = names.index(ov.name)

@@ -78,7 +78,11 @@ class OffThreadFigure(QLabel):
     def _show(self, img: np.ndarray) -> None:
         h, w = img.shape[:2]
         qimg = QImage(img.data, w, h, 4 * w, QImage.Format.Format_RGBA8888).copy()
-        self.setPixmap(QPixmap.fromImage(qimg))
+        pix = QPixmap.fromImage(qimg)
+        if pix.width() > self.width() or pix.height() > self.height():  # drawn for another size
+            pix = pix.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                             Qt.TransformationMode.SmoothTransformation)
+        self.setPixmap(pix)
         self.drawn += 1
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name

@@ -41,8 +41,9 @@ def show_grid(viewer, image, overlays) -> None:
         viewer.layers.move(viewer.layers.index(lyr), i)
     for ov in overlays:
         ov.name_overlay.visible = True
-    viewer.grid.stride = 2
-    viewer.grid.enabled = True
+    grid = getattr(viewer, "canvas", viewer).grid  # napari 0.9: viewer.canvas.grid (viewer.grid deprecated)
+    grid.stride = 2
+    grid.enabled = True
 
 
 class CompareWidget(QWidget):
