@@ -104,3 +104,24 @@ def test_widgets_are_in_the_layers_segment_menu_with_readable_names(make_napari_
     titles = {c.title for c in items if c is not None and "medkd" in c.id}
     assert "Segment a folder of images (MedKD segmentation)" in titles, titles
     assert "Train a small model (distil) (MedKD segmentation)" in titles, titles
+
+
+def test_export_int8_from_the_distil_panel(make_napari_viewer, qtbot, runs, tmp_path, errors):
+    """The Distil panel's Export row on its finished run: int8 (fp32 first when missing), compared."""
+    from napari_medkd._widgets.distill_widget import DistillWidget
+    from napari_medkd.inference.ort_infer import OrtSegmenter
+
+    run = tmp_path / "student"
+    shutil.copytree(runs["student"], run, ignore=shutil.ignore_patterns("*.onnx"))
+    viewer = make_napari_viewer()
+    w = DistillWidget(viewer)
+    assert not w.export_row.button.isEnabled()  # no run yet
+    w.run_dir = run
+    w._set_running(False)
+    w.export_row.precision.setCurrentText("int8")
+    w.export_row.export()
+    qtbot.waitUntil(lambda: w.export_row.button.isEnabled(), timeout=120_000)
+    assert not errors, errors
+    assert (run / "model.onnx").is_file() and (run / "model.int8.onnx").is_file()
+    assert "quantised" in w.export_row.last_report and "exported" in w.export_row.last_report
+    assert OrtSegmenter(str(run / "model.int8.onnx")).card.quantization
