@@ -16,7 +16,8 @@ napari's built-in reader also claims some of these extensions. In code, open wit
 ``viewer.open(path, plugin="napari-medkd")`` (napari 0.9's ``viewer.open`` defaults to the built-in
 reader). In the GUI, File > Open and drag-and-drop ask which reader to use unless one is preferred:
 :func:`prefer_medkd_reader` (or napari's "remember this choice") makes napari-medkd the preferred
-reader for these extensions.
+reader for these extensions; ``_reader_offer`` offers that once. A file that cannot be read gives an
+error notification naming it (:func:`read_paths`), never a traceback toast.
 """
 from __future__ import annotations
 
@@ -66,6 +67,25 @@ def layer_kwargs_to_geometry(scale: Sequence[float], translate: Sequence[float],
             "direction": [float(v) for v in d_np[::-1, ::-1].ravel()]}
 
 
+#: SimpleITK's physical axes run right->left, anterior->posterior, inferior->superior (LPS)
+_LPS = (("R", "L"), ("A", "P"), ("I", "S"))
+
+
+def anatomical_axis_labels(direction: Sequence[float], n: int) -> Optional[Tuple[str, ...]]:
+    """napari axis labels (numpy order) naming where each axis points, e.g. ``("I→S", "A→P", "R→L")``
+    for an axis-aligned volume; None for 2D images (a photo has no anatomical frame)."""
+    if n != 3:
+        return None
+    d = np.asarray(direction, dtype=float).reshape(n, n)
+    labels = []
+    for k in range(n):                 # numpy axis k is SimpleITK axis n-1-k: direction column n-1-k
+        col = d[:, n - 1 - k]
+        m = int(np.argmax(np.abs(col)))
+        a, b = _LPS[m]
+        labels.append(f"{a}→{b}" if col[m] > 0 else f"{b}→{a}")
+    return tuple(labels)
+
+
 def image_layer_data(img, name: str, layer_type: str = "image", source: str = "") -> LayerData:
     """A ``MedicalImage`` -> napari layer-data tuple with its geometry."""
     geo = img.geometry()
@@ -73,6 +93,9 @@ def image_layer_data(img, name: str, layer_type: str = "image", source: str = ""
     data = img.array
     meta = {"medkd_geometry": geo, "source": source or str(img.path or "")}
     attrs: Dict[str, Any] = {"name": name, **kwargs, "metadata": meta}
+    axes = anatomical_axis_labels(img.direction, len(img.spacing))
+    if axes:
+        attrs["axis_labels"] = axes
     if layer_type == "labels":
         data = as_label_array(data)
     elif data.ndim == img.ndim_spatial + 1 and data.shape[-1] in (3, 4):
@@ -153,19 +176,50 @@ def get_reader(path: Union[PathLike, List[PathLike]]) -> Optional[Callable[..., 
     return read_paths
 
 
+#: what a reader returns when it handled the paths but has no layer for them (npe2's null-layer
+#: sentinel: napari then adds nothing and shows no traceback; our error notification says why)
+NO_LAYERS: List[Any] = [(None,)]
+
+
 def read_paths(path: Union[PathLike, List[PathLike]]) -> List[LayerData]:
+    """Layers of every path that reads; each one that does not gets an error notification naming the
+    file and the reason (never an uncaught exception with a traceback toast)."""
     paths = path if isinstance(path, (list, tuple)) else [path]
     out: List[LayerData] = []
     folders = []
     for p in paths:
-        if Path(p).is_dir() or str(p).lower().endswith(".dcm"):
-            folder = Path(p) if Path(p).is_dir() else Path(p).parent  # a .dcm file opens its series
-            if folder not in folders:
-                folders.append(folder)
-                out.extend(read_dicom_folder(folder))
-        else:
-            out.append(read_file(p))
-    return out
+        try:
+            if Path(p).is_dir() or str(p).lower().endswith(".dcm"):
+                folder = Path(p) if Path(p).is_dir() else Path(p).parent  # a .dcm file opens its series
+                if folder not in folders:
+                    folders.append(folder)
+                    out.extend(read_dicom_folder(folder))
+            else:
+                out.append(read_file(p))
+        except Exception as exc:  # noqa: BLE001 - every reader error becomes a clear notification
+            _notify_error(f"napari-medkd could not open {Path(p).name}: {exc} ({p})")
+    if out:
+        from ._reader_offer import offer_reader_preference
+
+        offer_reader_preference()
+    return out or NO_LAYERS
+
+
+def _notify_error(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_error
+    except ImportError:  # no napari: a script calling the reader gets the error itself
+        raise ValueError(message) from None
+    show_error(message)
+
+
+def layer_name(path: PathLike, kind: str) -> str:
+    """The file's stem; a labels file whose stem names no mask gets " labels" (Decathlon's
+    ``imagesTr/case.nii.gz`` and ``labelsTr/case.nii.gz`` open as "case" and "case labels")."""
+    stem = strip_suffix(Path(path).name)
+    if kind == "labels" and not any(m in stem.lower() for m in LABEL_MARKERS):
+        return f"{stem} labels"
+    return stem
 
 
 def read_file(path: PathLike, layer_type: Optional[str] = None) -> LayerData:
@@ -173,7 +227,7 @@ def read_file(path: PathLike, layer_type: Optional[str] = None) -> LayerData:
 
     img = read_image(path)
     kind = layer_type or ("labels" if looks_like_labels(path) else "image")
-    return image_layer_data(img, strip_suffix(Path(path).name), kind, source=str(path))
+    return image_layer_data(img, layer_name(path, kind), kind, source=str(path))
 
 
 def read_dicom_folder(path: PathLike) -> List[LayerData]:
@@ -206,11 +260,8 @@ def _series_label(s: Any, uid: Optional[str]) -> str:
     return desc or (uid or "")[-12:]
 
 
-def prefer_medkd_reader(patterns: Sequence[str] = tuple("*" + s for s in MEDICAL_SUFFIXES)) -> None:
+def prefer_medkd_reader(*_) -> None:
     """Make napari-medkd napari's preferred reader for the medical extensions (a user setting)."""
-    from napari.settings import get_settings
+    from ._reader_offer import prefer_medkd_reader as prefer
 
-    plugins = get_settings().plugins
-    mapping = dict(plugins.extension2reader)
-    mapping.update({p: "napari-medkd" for p in patterns})
-    plugins.extension2reader = mapping
+    prefer()

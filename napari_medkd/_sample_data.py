@@ -36,7 +36,15 @@ def hippocampus() -> List[LayerData]:
     image = image_layer_data(read_image(img_path), "hippocampus MRI", "image", source=str(img_path))
     labels = image_layer_data(read_image(lab_path), "hippocampus labels", "labels", source=str(lab_path))
     labels[1]["opacity"] = 0.5
+    labels[1]["colormap"] = _label_colors({1: "#3b82f6", 2: "#22c55e"})  # anterior, posterior
     return [image, labels]
+
+
+def _label_colors(colors):
+    """A fixed, readable label colour map (background transparent) instead of napari's random one."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colors})
 
 
 def fundus_phantom() -> List[LayerData]:
@@ -61,5 +69,6 @@ def fundus_phantom() -> List[LayerData]:
     image = image_layer_data(img, "fundus phantom", "image", source=src)
     mask.array = vessels
     labels = image_layer_data(mask, "vessels", "labels", source=src)
-    labels[1]["opacity"] = 0.6
+    labels[1]["opacity"] = 0.7
+    labels[1]["colormap"] = _label_colors({1: "#00e5ff"})  # cyan vessels stand out on the red-orange fundus
     return [image, labels]

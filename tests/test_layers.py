@@ -21,7 +21,7 @@ LAYERS: List[List[str]] = [
     ["analysis"],
     ["workflows"],
     ["cli", "cli_data", "cli_args", "cli_common", "cli_teacher", "__main__"],
-    ["_reader", "_writer", "_sample_data", "_widgets"],
+    ["_reader", "_reader_offer", "_writer", "_sample_data", "_widgets"],
 ]
 
 

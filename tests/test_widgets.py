@@ -206,10 +206,10 @@ def test_compare_dice_matches_metrics_and_evaluate(make_napari_viewer, qtbot, ru
     w.compare()
     qtbot.waitUntil(lambda: w.result is not None, timeout=60_000)
     for name in ("teacher", "student", "disagreement"):
-        assert viewer.layers[name].data.shape == truth.data.shape
+        assert w.layers[name].data.shape == truth.data.shape and w.layers[name] in viewer.layers
     assert viewer.grid.enabled
-    t, s = viewer.layers["teacher"].data, viewer.layers["student"].data
-    dis = viewer.layers["disagreement"].data
+    t, s = w.layers["teacher"].data, w.layers["student"].data
+    dis = w.layers["disagreement"].data
     np.testing.assert_array_equal(dis == 1, (t > 0) & (s == 0))
     np.testing.assert_array_equal(dis == 2, (s > 0) & (t == 0))
     m = w.result["metrics"]
@@ -223,7 +223,7 @@ def test_compare_dice_matches_metrics_and_evaluate(make_napari_viewer, qtbot, ru
     hd = m["teacher vs truth"][1]["hd95"]
     assert (math.isnan(hd) and math.isnan(row["hd95"])) or hd == pytest.approx(row["hd95"], abs=1e-9)
     assert w.table.rowCount() == 6 and w.table.columnCount() == 1
-    assert w.table.item(0, 0).text() == f"{m['teacher vs truth'][1]['dice']:.4f}"
+    assert w.table.item(0, 0).text() == f"{m['teacher vs truth'][1]['dice']:.3f}"
 
 
 @pytest.mark.parametrize("kind", [0, 1])
@@ -250,6 +250,16 @@ def test_region_graph_adds_points_and_shapes(make_napari_viewer, qtbot, runs, ki
     if kind == 0:
         assert a["teacher"].shape[0] > 4 and np.allclose(np.diag(a["teacher"]), 1, atol=1e-4)
     assert len(w.plot.titles) == 3
+    # a recompute updates the six layers in place (no remove / re-add)
+    before = {lyr.name: lyr for lyr in viewer.layers}
+    w.result = {}
+    w.top_k.value = 5
+    w.compute()
+    qtbot.waitUntil(lambda: bool(w.result), timeout=60_000)
+    assert all(viewer.layers[n] is lyr for n, lyr in before.items()) and len(viewer.layers) == len(before)
+    for side in ("teacher", "student", "difference"):
+        edges = viewer.layers[f"graph {side} edges"]
+        assert len(edges.data) <= 5 and set(edges.shape_type) <= {"line"}
 
 
 def test_alignment_adds_heatmap_layer(make_napari_viewer, qtbot, runs):

@@ -27,8 +27,10 @@ TOOLTIPS: Dict[str, str] = {
     "budget_kind": "Stop after this many iterations or minutes of training.",
     "device": "auto = CUDA, then Apple MPS, then CPU. The run happens in a separate process, so GPU memory "
               "is freed when it ends.",
-    "out_dir": "New, empty run folder for the student (the teacher goes to <folder>_teacher). "
-               "Resume continues the run in this folder.",
+    "out_dir": "Optional: a new, empty run folder for the student (the teacher goes to <folder>_teacher). "
+               "Empty = a new folder per Start in the runs folder, named <date>-<model>-<method>. "
+               "Resume continues the run in this folder (empty: the last run started here).",
+    "runs_root": "Where new run folders are made (one per Start) and where the runs browser looks.",
     "val_every": "Iterations between validations (and checkpoints) of the run.",
     "threads": "torch CPU threads of the run (0 = all cores; the default leaves one core to napari).",
     "patch_size": "Training patch size in pixels (voxels for 3D models).",
@@ -41,7 +43,8 @@ TOOLTIPS: Dict[str, str] = {
              "masked-mean prototypes of the teacher's predicted classes (EMKD RAD, MSKD class graph).",
     "tap": "Feature tap of both models (enc_low, enc_mid, enc_high, bottleneck, dec_mid, dec_low).",
     "top_k": "Draw only the k strongest edges so the graph stays readable.",
-    "onnx": "An exported student (.onnx, e.g. from `medkd export`).",
+    "onnx": "An exported student (.onnx, e.g. from Export ONNX or `medkd export`), or a run folder (its exported "
+            "model is used, exported on first use).",
     "live": "Segment the slice in view whenever you scroll (debounced, stale results dropped).",
 }
 
@@ -161,19 +164,43 @@ def _is_kind(layer, kind: str) -> bool:
 
 
 def put_layer(viewer, kind: str, data, name: str, like=None, **kwargs):
-    """Add a layer of ``kind`` on ``like``'s grid, or update the image/labels layer of that name."""
+    """Add a layer of ``kind`` on ``like``'s grid, or update the layer of that name and kind in place
+    (``layer.data = ...``: removing and re-adding a layer costs napari a full garbage collection)."""
     geo = geometry_kwargs(like) if like is not None else {}
-    if name in viewer.layers and _is_kind(viewer.layers[name], kind) and kind in ("labels", "image"):
+    if name in viewer.layers and _is_kind(viewer.layers[name], kind):
         layer = viewer.layers[name]
+        attrs = {k: v for k, v in {**geo, **kwargs}.items() if k not in ("name", "shape_type")}
+        if kind in ("points", "shapes"):  # one redraw for data and styles, not one per attribute
+            with layer.events.blocker_all():
+                _update_vector_layer(layer, kind, data, kwargs.get("shape_type", "rectangle"), attrs)
+            layer.refresh()
+            return layer
         layer.data = data
-        for k, v in {**geo, **kwargs}.items():
-            if k not in ("name",):
+        for k, v in attrs.items():
+            if not _same(getattr(layer, k, None), v):  # each change costs napari a refresh
                 setattr(layer, k, v)
         return layer
     if name in viewer.layers:
         viewer.layers.remove(name)
     add = getattr(viewer, f"add_{kind}")
     return add(data, name=name, **geo, **kwargs)
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:  # noqa: BLE001 - not comparable: set it
+        return False
+
+
+def _update_vector_layer(layer, kind: str, data, shape_type: str, attrs) -> None:
+    if kind == "shapes":  # every shape with its type, else napari's default type is used
+        layer.data = [(d, shape_type) for d in data]
+    else:
+        layer.data = data
+    for k, v in attrs.items():
+        if not _same(getattr(layer, k, None), v):
+            setattr(layer, k, v)
 
 
 def current_index(viewer, layer, axis: int) -> int:
@@ -185,10 +212,12 @@ def current_index(viewer, layer, axis: int) -> int:
 
 # -- runs -------------------------------------------------------------------------------------
 def check_run_folder(path, what: str) -> Path:
-    """A run folder holding a checkpoint, else an InputError naming it."""
+    """A run folder (a path or a FileEdit) holding a checkpoint, else an InputError naming it."""
     from ..train.run_model import checkpoint_path
     from ..train.checkpoint import CheckpointError
 
+    if hasattr(path, "line_edit"):  # a FileEdit: its text, empty = not set
+        path = path_value(path)
     if path is None or str(path) in ("", "."):
         raise InputError(f"choose the {what} run folder")
     p = Path(path).expanduser()
@@ -215,7 +244,7 @@ def read_model_pair(image_combo, teacher_edit, student_edit, missing_image: str 
     layer = image_combo.value
     if layer is None:
         raise InputError(missing_image)
-    return layer, check_run_folder(teacher_edit.value, "teacher"), check_run_folder(student_edit.value, "student")
+    return layer, check_run_folder(teacher_edit, "teacher"), check_run_folder(student_edit, "student")
 
 
 def start_worker(func: Callable, *args, returned: Optional[Callable] = None, yielded: Optional[Callable] = None,
@@ -244,10 +273,13 @@ def labels_colormap(colors: Dict[int, str]):
     return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colors})
 
 
-def run_dir_default(prefix: str) -> Path:
-    import time
-
-    return Path.home() / "medkd_runs" / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+def path_value(edit) -> Optional[Path]:
+    """A FileEdit's path, or None when the field is empty (magicgui reads '' as '.' or the working
+    folder; an empty field means "not set", never the folder napari was started in)."""
+    text = str(getattr(getattr(edit, "line_edit", None), "value", edit.value) or "").strip()
+    if text in ("", "."):
+        return None
+    return Path(text).expanduser()
 
 
 def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
@@ -262,3 +294,10 @@ def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
                                    image_name=image_layer.name, labels_name=labels_layer.name)
     except ArrayDatasetError as exc:
         raise InputError(str(exc)) from exc
+
+
+def widget_opened() -> None:
+    """Called by every napari-medkd panel when it opens: the one-time reader offer (``_reader_offer``)."""
+    from .._reader_offer import offer_reader_preference
+
+    offer_reader_preference()

@@ -1,4 +1,5 @@
-"""Matplotlib canvases for the widgets: live loss / Dice curves and affinity matrices."""
+"""Matplotlib plots for the widgets: live loss / Dice curves and affinity matrices, drawn off the
+GUI thread (``_figure.OffThreadFigure``) and at most every ``redraw_ms``."""
 from __future__ import annotations
 
 import math
@@ -6,19 +7,11 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ._figure import OffThreadFigure
 
 BG, FG = "#262930", "#d0d4dc"
-
-
-def _canvas(width: float, height: float, constrained: bool = True):
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), facecolor=BG, layout="constrained" if constrained else None)
-    canvas = FigureCanvasQTAgg(fig)
-    canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-    return fig, canvas
 
 
 def style_axes(ax, title: str = "") -> None:
@@ -41,7 +34,8 @@ class CurvePlot(QWidget):
 
     def __init__(self, parent=None, redraw_ms: int = 1500):
         super().__init__(parent)
-        self.fig, self.canvas = _canvas(4.0, 3.2, constrained=False)
+        self.canvas = OffThreadFigure(4.0, 3.2, self, constrained=False)
+        self.fig = self.canvas.fig  # touched only in the canvas's drawing thread (submit)
         self.fig.subplots_adjust(left=0.14, right=0.97, top=0.93, bottom=0.12, hspace=0.45)
         self.setMinimumHeight(240)
         lay = QVBoxLayout(self)
@@ -60,11 +54,16 @@ class CurvePlot(QWidget):
         self.clear()
 
     def clear(self) -> None:
-        self.series.clear()
+        self.series = {}
         self.dice = ([], [])
         self.offset = 0.0
         self.phase_marks = []
         self._lines: Dict[str, object] = {}
+        self._legend_dirty = False
+        self._dirty = True
+        self.canvas.submit(self._clear_axes)
+
+    def _clear_axes(self, _fig) -> None:
         for ax in (self.ax_loss, self.ax_dice):
             ax.clear()
         style_axes(self.ax_loss, "loss and distillation terms")
@@ -72,17 +71,19 @@ class CurvePlot(QWidget):
         self.ax_dice.set_ylim(0, 1)
         self.ax_dice.set_xlabel("iteration")
         (self._dice_line,) = self.ax_dice.plot([], [], "o-", color="#7fd67f", ms=3)
-        self._legend_dirty = False
-        self._dirty = True
+        self._lines = {}
 
     def new_phase(self, label: str) -> None:
         """Continue the x axis after the previous phase (e.g. teacher training, then distillation)."""
         last = max((xs[-1] for xs, _ in self.series.values() if xs), default=0.0)
         self.offset = last
         self.phase_marks.append((last, label))
-        for ax in (self.ax_loss, self.ax_dice):
-            ax.axvline(last, color="#888888", ls="--", lw=0.8)
-        self.ax_dice.text(last, 0.95, f" {label}", color=FG, fontsize=6, va="top")
+
+        def mark(_fig):
+            for ax in (self.ax_loss, self.ax_dice):
+                ax.axvline(last, color="#888888", ls="--", lw=0.8)
+            self.ax_dice.text(last, 0.95, f" {label}", color=FG, fontsize=6, va="top")
+        self.canvas.submit(mark)
         self._dirty = True
 
     def add_event(self, ev: Mapping) -> None:
@@ -96,8 +97,6 @@ class CurvePlot(QWidget):
                     continue
                 if name not in self.series:
                     self.series[name] = ([], [])
-                    (self._lines[name],) = self.ax_loss.plot([], [], lw=1.0, label=name)
-                    self._legend_dirty = True
                 xs, ys = self.series[name]
                 xs.append(x)
                 ys.append(float(v))
@@ -112,12 +111,21 @@ class CurvePlot(QWidget):
             self.redraw()
 
     def redraw(self) -> None:
+        """Hand a copy of the series to the drawing thread (never draws on the GUI thread)."""
         self._dirty = False
+        series = {k: (list(xs), list(ys)) for k, (xs, ys) in self.series.items()}
+        dice = (list(self.dice[0]), list(self.dice[1]))
+        self.canvas.submit(lambda _fig: self._update(series, dice))
+
+    def _update(self, series, dice) -> None:
         positive = True
-        for name, (xs, ys) in self.series.items():
+        for name, (xs, ys) in series.items():
+            if name not in self._lines:
+                (self._lines[name],) = self.ax_loss.plot([], [], lw=1.0, label=name)
+                self._legend_dirty = True
             self._lines[name].set_data(xs, ys)
             positive &= min(ys, default=1.0) > 0
-        if self.series:
+        if series:
             scale = "log" if positive else "linear"
             if self.ax_loss.get_yscale() != scale:
                 self.ax_loss.set_yscale(scale)
@@ -126,11 +134,10 @@ class CurvePlot(QWidget):
             if self._legend_dirty:
                 self.ax_loss.legend(fontsize=6, loc="upper right", facecolor=BG, labelcolor=FG, ncol=2)
                 self._legend_dirty = False
-        self._dice_line.set_data(*self.dice)
-        ends = [xs[-1] for xs, _ in self.series.values() if xs] + self.dice[0][-1:]
+        self._dice_line.set_data(*dice)
+        ends = [xs[-1] for xs, _ in series.values() if xs] + dice[0][-1:]
         if ends:
             self.ax_dice.set_xlim(0, max(1.0, max(ends)))
-        self.canvas.draw_idle()
 
 
 class MatrixPlot(QWidget):
@@ -138,7 +145,8 @@ class MatrixPlot(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.fig, self.canvas = _canvas(6.0, 2.6)
+        self.canvas = OffThreadFigure(6.0, 2.6, self)
+        self.fig = self.canvas.fig  # touched only in the canvas's drawing thread
         self.setMinimumHeight(260)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -146,8 +154,13 @@ class MatrixPlot(QWidget):
         self.titles: List[str] = []
 
     def show_matrices(self, mats: Mapping[str, np.ndarray], labels: Optional[List[str]] = None) -> None:
-        self.fig.clear()
         self.titles = list(mats)
+        mats = {k: np.array(v, dtype=float) for k, v in mats.items()}
+        self.canvas.submit(lambda fig: self._draw(fig, mats, labels))
+
+    def _draw(self, fig, mats, labels) -> None:
+        fig.clear()
+        self.fig = fig
         n = max(1, len(mats))
         for i, (title, m) in enumerate(mats.items()):
             ax = self.fig.add_subplot(1, n, i + 1)
@@ -163,4 +176,3 @@ class MatrixPlot(QWidget):
                 ax.set_yticks(range(len(labels)), labels)
             cb = self.fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
             cb.ax.tick_params(colors=FG, labelsize=6)
-        self.canvas.draw_idle()

@@ -51,3 +51,71 @@ def config_step(name: str, command: str, run_dir: Path, cfg: RunConfig) -> Dict[
     save_config(cfg, path)
     return {"name": name, "run_dir": run_dir, "config": path,
             "cmd": cli_command(command, "--config", path, "--out", run_dir)}
+
+
+# -- run folders ------------------------------------------------------------------------------
+#: what the widget itself puts into a run folder before the run starts (the run accepts them,
+#: ``train.run_dir.INPUT_FILES``): the open layers as a data set and the process's output
+LAYERS_DATA, PROCESS_LOG = "layers_data", "process.log"
+
+
+def default_runs_root() -> Path:
+    return Path.home() / "medkd_runs"
+
+
+def new_run_dir(root: Path, model: str, method: str, now: float | None = None) -> Path:
+    """A fresh folder name per run: ``ROOT/<date-time>-<model>-<method>`` (``-2``, ``-3`` ... when that
+    name is taken, e.g. two Starts in one second)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    safe = "-".join(str(p).replace("/", "_").replace(" ", "_") for p in (stamp, model, method) if p)
+    base = Path(root).expanduser() / safe
+    path, n = base, 1
+    while path.exists() or requested_config_path(path).exists():
+        n += 1
+        path = base.with_name(f"{safe}-{n}")
+    return path
+
+
+# -- the process of a run, tied to the widget that started it ----------------------------------
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:  # no /proc (macOS, Windows): ask the OS
+        import os
+
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def stop_process(proc: subprocess.Popen | None, run_dir: Path | None = None, kill_after_s: float = 3.0) -> None:
+    """Ask a run to stop now: its ``STOP`` file and SIGTERM (the engine saves ``last.pt`` on either), then
+    SIGKILL after ``kill_after_s`` if it still runs. Never blocks; needs no Qt (a closed widget's timers
+    are gone)."""
+    import threading
+
+    if proc is None or proc.poll() is not None:
+        return
+    if run_dir is not None:
+        try:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / "STOP").write_text("stop requested from napari\n", encoding="utf-8")
+        except OSError:
+            pass
+    proc.terminate()
+
+    def _kill():
+        if proc.poll() is None:
+            proc.kill()
+        proc.poll()
+
+    timer = threading.Timer(kill_after_s, _kill)
+    timer.daemon = True
+    timer.start()

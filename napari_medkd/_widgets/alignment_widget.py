@@ -13,6 +13,7 @@ from magicgui.widgets import CheckBox, Container, Select
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
+from ._lifetime import on_close
 from ..analysis.alignment import TAPS, alignment_maps_of_runs
 
 
@@ -39,6 +40,8 @@ class AlignmentWidget(QWidget):
         self.compute_btn.clicked.connect(self.compute)
         self.result: Dict[str, Any] = {}
         self.worker = None
+        on_close(self, lambda: self.worker is not None and self.worker.quit())
+        C.widget_opened()
 
     def compute(self) -> None:
         try:

@@ -1,12 +1,14 @@
-"""Compare widget: teacher and student side by side, their disagreement, per-class Dice / HD95.
+"""Compare widget: teacher and student on the image layer, drawn so a clinician can tell them apart.
 
-Both models run on the image layer (``load_run_model`` + ``predict_image``, in a worker). The
-metrics are ``segmentation_metrics`` in physical spacing (numpy order, from the image geometry),
-with the optional field-of-view layer, i.e. what ``medkd evaluate`` reports for that case.
+The work is ``analysis.compare.compare_predictions`` in a worker (it refuses, with the reason, a model
+whose channels, dimensions or modality do not fit the image). The teacher is drawn as class-coloured
+outlines, the student filled in the same colours, the disagreement in colours no class uses; a
+legend says so. The table gives Dice and HD95 (mm) per class and pair ("not defined" where a class is
+absent from both), the chart the Dice per class. The grid view puts each result over its own copy of
+the image, one titled cell each. Layers carry the runs' names and are updated in place.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -14,48 +16,34 @@ from magicgui.widgets import CheckBox, Container
 from qtpy.QtWidgets import QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from . import _common as C
+from ..analysis.compare import compare_predictions, format_value
+from ._compare_style import CONTOUR_PX, DISAGREEMENT_COLORS, class_colors, legend_html
+from ._dice_chart import DiceChart
+from ._lifetime import on_close
 
-DISAGREEMENT_COLORS = {1: "#ff8c00", 2: "#00c8ff", 3: "#ff00ff"}  # teacher only, student only, other class
-PAIRS = (("teacher", "truth"), ("student", "truth"), ("student", "teacher"))
-
-
-def disagreement_map(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
-    """1 = foreground only in the teacher, 2 = only in the student, 3 = both, different classes."""
-    t, s = teacher > 0, student > 0
-    out = np.zeros(teacher.shape, np.uint8)
-    out[t & ~s] = 1
-    out[s & ~t] = 2
-    out[t & s & (teacher != student)] = 3
-    return out
+METRIC_LABELS = {"dice": "Dice", "hd95": "HD95 (mm)"}
 
 
-def compare_predictions(teacher_run, student_run, img, truth: Optional[np.ndarray] = None,
-                        fov: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """Run both models on ``img`` and measure teacher/student vs truth and student vs teacher."""
-    from ..inference.predict_files import predict_image
-    from ..train.run_model import load_run_model
-    from ..metrics.segmentation import segmentation_metrics
-
-    lm_t, lm_s = load_run_model(teacher_run), load_run_model(student_run)
-    preds = {"teacher": predict_image(lm_t, img), "student": predict_image(lm_s, img)}
-    if preds["teacher"].shape != preds["student"].shape:
-        raise ValueError(f"teacher and student predictions differ in shape: {preds['teacher'].shape} vs "
-                         f"{preds['student'].shape}")
-    names = lm_t.class_names
-    classes = [c for c in sorted(names) if c != 0]
-    spacing = tuple(reversed(img.spacing))[: preds["teacher"].ndim]
-    maps = dict(preds)
-    if truth is not None:
-        truth = np.asarray(truth)
-        if truth.shape != preds["teacher"].shape:
-            raise ValueError(f"ground-truth layer shape {truth.shape} differs from the image {preds['teacher'].shape}")
-        maps["truth"] = truth
-    metrics = {}
-    for a, b in PAIRS:
-        if a in maps and b in maps:
-            metrics[f"{a} vs {b}"] = segmentation_metrics(maps[a], maps[b], classes, spacing=spacing, fov=fov)
-    return {"teacher": preds["teacher"], "student": preds["student"], "metrics": metrics,
-            "class_names": names, "disagreement": disagreement_map(preds["teacher"], preds["student"])}
+def show_grid(viewer, image, overlays) -> None:
+    """Each overlay over its own copy of the image (the data shared, not copied), one cell each
+    (grid stride 2), titled with the overlay's name."""
+    pairs = []
+    for ov in overlays:
+        name = f"{image.name} | {ov.name}"
+        if name in viewer.layers:
+            copy = viewer.layers[name]
+            copy.data = image.data
+        else:
+            copy = viewer.add_image(image.data, name=name, rgb=image.rgb, colormap=image.colormap,
+                                    contrast_limits=image.contrast_limits, **C.geometry_kwargs(image))
+        pairs += [copy, ov]
+    for i, lyr in enumerate(pairs):  # at the bottom, in (image, overlay) pairs: one pair per cell
+        viewer.layers.move(viewer.layers.index(lyr), i)
+    for ov in overlays:
+        ov.name_overlay.visible = True
+    grid = getattr(viewer, "canvas", viewer).grid  # napari 0.9: viewer.canvas.grid (viewer.grid deprecated)
+    grid.stride = 2
+    grid.enabled = True
 
 
 class CompareWidget(QWidget):
@@ -69,24 +57,36 @@ class CompareWidget(QWidget):
         self.fov_layer = C.layer_combo(napari_viewer, Labels, "field of view", nullable=True, tooltip_key="fov")
         self.truth_layer.value = None
         self.fov_layer.value = None
-        self.grid = CheckBox(text="grid view (teacher | student | disagreement)", value=False)
+        self.grid = CheckBox(text="grid view (image with teacher | student | disagreement)", value=False)
         self.form = Container(widgets=[self.image_layer, self.teacher_run, self.student_run, self.truth_layer,
                                        self.fov_layer, self.grid])
         C.set_tooltips({"teacher_run": self.teacher_run, "student_run": self.student_run})
         self.compare_btn = QPushButton("Compare")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status, self.legend = QLabel(""), QLabel("")
+        for lbl in (self.status, self.legend):
+            lbl.setWordWrap(True)
         self.table = QTableWidget(0, 0)
+        self.chart = DiceChart(self)
         lay = QVBoxLayout(self)
-        for w in (self.form.native, self.compare_btn, self.status, self.table):
+        for w in (self.form.native, self.compare_btn, self.status, self.legend, self.table, self.chart):
             lay.addWidget(w)
         self.compare_btn.clicked.connect(self.compare)
         self.result: Optional[Dict[str, Any]] = None
+        self.layers: Dict[str, Any] = {}
         self.worker = None
+        self.closed = False
+        on_close(self, self._on_closed)
+        C.widget_opened()
+
+    def _on_closed(self) -> None:
+        self.closed = True  # a result arriving later is dropped
+        if self.worker is not None:
+            self.worker.quit()
 
     def compare(self) -> None:
         try:
-            layer, t_run, s_run = C.read_model_pair(self.image_layer, self.teacher_run, self.student_run, "open an image layer to compare on")
+            layer, t_run, s_run = C.read_model_pair(self.image_layer, self.teacher_run, self.student_run,
+                                                    "open an image layer to compare on")
             shape = C.spatial_shape(layer)
             truth = self._mask(self.truth_layer.value, shape, "ground truth")
             fov = self._mask(self.fov_layer.value, shape, "field of view")
@@ -95,10 +95,12 @@ class CompareWidget(QWidget):
         except C.InputError as exc:
             C.show_error(str(exc))
             return
+        self.closed = False
         self.compare_btn.setEnabled(False)
         self.status.setText("running teacher and student ...")
         self.worker = C.start_worker(compare_predictions, t_run, s_run, img, truth, fov,
-                                     returned=lambda res: self._show(res, layer), errored=self._failed)
+                                     returned=lambda res: self._show(res, layer, t_run.name, s_run.name),
+                                     errored=self._failed)
 
     @staticmethod
     def _mask(layer, shape, what: str) -> Optional[np.ndarray]:
@@ -111,36 +113,44 @@ class CompareWidget(QWidget):
 
     def _failed(self, exc) -> None:
         self.compare_btn.setEnabled(True)
-        self.status.setText("failed")
-        C.show_error(f"comparison failed: {exc}")
+        self.status.setText("refused" if type(exc).__name__ == "ModelDoesNotFit" else "failed")
+        C.show_error(f"comparison {'refused' if self.status.text() == 'refused' else 'failed'}: {exc}")
 
-    def _show(self, res: Dict[str, Any], layer) -> None:
+    def _show(self, res: Dict[str, Any], layer, teacher: str, student: str) -> None:
         self.compare_btn.setEnabled(True)
+        if self.closed:
+            return
         self.result = res
-        C.put_layer(self.viewer, "labels", res["teacher"], "teacher", like=layer, opacity=0.6)
-        C.put_layer(self.viewer, "labels", res["student"], "student", like=layer, opacity=0.6)
-        C.put_layer(self.viewer, "labels", res["disagreement"], "disagreement", like=layer, opacity=0.8,
-                    colormap=C.labels_colormap(DISAGREEMENT_COLORS))
+        cmap = C.labels_colormap(class_colors(res["class_names"]))
+        v = self.viewer
+        t = C.put_layer(v, "labels", res["teacher"], f"teacher ({teacher})", like=layer, colormap=cmap, opacity=1.0)
+        t.contour = CONTOUR_PX
+        s = C.put_layer(v, "labels", res["student"], f"student ({student})", like=layer, colormap=cmap, opacity=0.45)
+        d = C.put_layer(v, "labels", res["disagreement"], f"disagreement ({teacher} vs {student})", like=layer,
+                        opacity=0.8, colormap=C.labels_colormap(DISAGREEMENT_COLORS))
+        v.layers.move(v.layers.index(t), len(v.layers))  # outlines drawn over the fill
+        self.layers = {"teacher": t, "student": s, "disagreement": d}
         if self.grid.value:
-            self.viewer.grid.enabled = True
+            show_grid(v, layer, [t, s, d])
+        self.legend.setText(legend_html(res["class_names"], teacher, student))
         self._fill_table(res)
+        self.chart.show_metrics(res["metrics"], res["class_names"])
         n = int((res["disagreement"] > 0).sum())
-        self.status.setText(f"disagreement: {n} voxels (orange = teacher only, cyan = student only, "
-                            f"magenta = other class)")
+        self.status.setText(f"{n} voxels disagree ({100.0 * n / max(1, res['disagreement'].size):.2f} % of the image)")
 
     def _fill_table(self, res: Dict[str, Any]) -> None:
-        """Rows: Dice / HD95 of each pair; columns: the foreground classes."""
-        names = res["class_names"]
-        pairs = list(res["metrics"])
-        classes = sorted(next(iter(res["metrics"].values()))) if pairs else []
-        rows = [(metric, pair) for pair in pairs for metric in ("dice", "hd95")]
+        """Rows: Dice / HD95 (mm) of each pair; columns: the foreground classes."""
+        names, metrics = res["class_names"], res["metrics"]
+        pairs = list(metrics)
+        classes = sorted(next(iter(metrics.values()))) if pairs else []
+        rows = [(metric, pair) for pair in pairs for metric in METRIC_LABELS]
         self.table.clear()
         self.table.setRowCount(len(rows))
         self.table.setColumnCount(len(classes))
         self.table.setHorizontalHeaderLabels([names.get(c, str(c)) for c in classes])
-        self.table.setVerticalHeaderLabels([f"{'Dice' if m == 'dice' else 'HD95'} {pair}" for m, pair in rows])
+        self.table.setVerticalHeaderLabels([f"{METRIC_LABELS[m]} {pair}" for m, pair in rows])
         for r, (metric, pair) in enumerate(rows):
             for col, c in enumerate(classes):
-                v = res["metrics"][pair][c].get(metric, math.nan)
-                self.table.setItem(r, col, QTableWidgetItem("n/a" if not math.isfinite(v) else f"{v:.4f}"))
+                m = metrics[pair][c]
+                self.table.setItem(r, col, QTableWidgetItem(format_value(metric, m.get(metric), m.get("absent"))))
         self.table.resizeColumnsToContents()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,7 +23,10 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 from . import _common as C
 from ..config import ConfigError, RunConfig, load_config
 from ._plots import CurvePlot
-from ._runs import cli_command, config_step, tail_events
+from ._export_row import ExportRow
+from ._lifetime import on_close
+from ._runs import (LAYERS_DATA, PROCESS_LOG, cli_command, config_step, default_runs_root, new_run_dir,
+                    stop_process, tail_events)
 
 SOURCES = ("data set folder", "open layers")
 
@@ -36,6 +38,7 @@ class DistillWidget(QWidget):
         self._build_form(napari_viewer)
         self._build_layout()
         self._init_state()
+        C.widget_opened()
 
     def _build_form(self, viewer) -> None:
         from napari.layers import Image, Labels
@@ -57,15 +60,17 @@ class DistillWidget(QWidget):
         self.device = ComboBox(label="device", choices=C.DEVICES, value="auto")
         self.threads = SpinBox(label="CPU threads", value=max(1, (os.cpu_count() or 2) - 1), min=0, max=256)
         self.val_every = SpinBox(label="validate every", value=200, min=1, max=1_000_000)
-        self.out_dir = FileEdit(label="run folder", mode="d", value=C.run_dir_default("distill"))
+        self.runs_root = FileEdit(label="runs folder", mode="d", value=default_runs_root())
+        self.out_dir = FileEdit(label="run folder", mode="d")
         self.form = Container(widgets=[
             self.source, self.data_dir, self.image_layer, self.labels_layer, self.teacher_dir,
             self.train_teacher, self.teacher_model, self.student, self.method, self.budget_kind, self.budget,
-            self.patch_size, self.batch_size, self.val_every, self.device, self.threads, self.out_dir])
+            self.patch_size, self.batch_size, self.val_every, self.device, self.threads, self.runs_root,
+            self.out_dir])
         C.set_tooltips({"source": self.source, "data_dir": self.data_dir, "teacher_dir": self.teacher_dir,
                         "train_teacher": self.train_teacher, "teacher_model": self.teacher_model,
                         "student": self.student, "method": self.method, "budget_kind": self.budget_kind,
-                        "device": self.device, "out_dir": self.out_dir, "patch_size": self.patch_size,
+                        "device": self.device, "out_dir": self.out_dir, "runs_root": self.runs_root, "patch_size": self.patch_size,
                         "batch_size": self.batch_size, "threads": self.threads, "val_every": self.val_every})
 
     def _build_layout(self) -> None:
@@ -77,13 +82,14 @@ class DistillWidget(QWidget):
         for lbl in (self.status, self.run_label):
             lbl.setWordWrap(True)
         self.plot = CurvePlot(self)
+        self.export_row = ExportRow(lambda: self.run_dir, self)  # the finished (or stopped) run
         buttons = QHBoxLayout()
         for b in (self.start_btn, self.cancel_btn, self.resume_btn):
             buttons.addWidget(b)
         lay = QVBoxLayout(self)
         lay.addWidget(self.form.native)
         lay.addLayout(buttons)
-        for w in (self.progress, self.status, self.run_label, self.plot):
+        for w in (self.progress, self.status, self.run_label, self.export_row, self.plot):
             lay.addWidget(w)
         self.start_btn.clicked.connect(self.start)
         self.cancel_btn.clicked.connect(self.cancel)
@@ -112,8 +118,9 @@ class DistillWidget(QWidget):
         self._last_tick = 0.0
         self._set_running(False)
         # a run still going when the widget is closed is stopped (never left behind without a GUI)
-        self._procs: Dict[str, Optional[subprocess.Popen]] = {"current": None}
-        self.destroyed.connect(lambda *_, procs=self._procs: _stop_on_close(procs.get("current")))
+        # ... and stopped when its dock is closed (napari only unparents the widget) or it is destroyed
+        self._procs: Dict[str, Any] = {"current": None, "run_dir": None}
+        on_close(self, lambda procs=self._procs: stop_process(procs["current"], procs["run_dir"]))
 
     # -- form ---------------------------------------------------------------------------------
     def _sync_visibility(self, *_):
@@ -124,6 +131,7 @@ class DistillWidget(QWidget):
         self.teacher_dir.visible = not self.train_teacher.value
 
     def _set_running(self, running: bool) -> None:
+        self.export_row.button.setEnabled(not running and self.run_dir is not None)
         self.start_btn.setEnabled(not running)
         self.resume_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
@@ -163,9 +171,11 @@ class DistillWidget(QWidget):
             img, lab = self.image_layer.value, self.labels_layer.value
             if img is None or lab is None:
                 raise C.InputError("choose an image layer and a labels layer (or train on a data set folder)")
-            return C.write_layer_dataset(img, lab, Path(tempfile.mkdtemp(prefix=f"medkd-{out.name}-data-")))
-        root = Path(str(self.data_dir.value)).expanduser()
-        if str(self.data_dir.value) in ("", ".") or not root.is_dir():
+            return C.write_layer_dataset(img, lab, out / LAYERS_DATA)  # inside the run: Resume finds it
+        root = C.path_value(self.data_dir)
+        if root is None:
+            raise C.InputError("choose a data set folder (or train on the open layers)")
+        if not root.is_dir():
             raise C.InputError(f"data set folder {root} does not exist")
         from ..data.datasets import load_dataset
 
@@ -175,19 +185,27 @@ class DistillWidget(QWidget):
             raise C.InputError(str(exc)) from exc
         return root
 
+    def new_run_folder(self) -> Path:
+        """The run folder field, else a new folder per Start in the runs folder (date, model, method)."""
+        out = C.path_value(self.out_dir)
+        if out is not None:
+            return out
+        root = C.path_value(self.runs_root) or default_runs_root()
+        return new_run_dir(root, self.student.value, self.method.value)
+
     def _plan(self) -> List[Dict[str, Any]]:
-        out = Path(str(self.out_dir.value)).expanduser()
-        if out.exists() and any(out.iterdir()):
-            raise C.InputError(f"run folder {out} is not empty: choose a new folder, or Resume it")
         if not self.student.value or not self.method.value:
             raise C.InputError("choose a student model and a distillation method")
+        out = self.new_run_folder()
+        if out.exists() and any(out.iterdir()):
+            raise C.InputError(f"run folder {out} is not empty: choose a new folder, or Resume it")
         steps = []
         if self.train_teacher.value:
             teacher = out.with_name(out.name + "_teacher")
             if teacher.exists() and any(teacher.iterdir()):
                 raise C.InputError(f"teacher run folder {teacher} is not empty; choose another run folder")
         else:
-            teacher = C.check_run_folder(self.teacher_dir.value, "teacher")
+            teacher = C.check_run_folder(self.teacher_dir, "teacher")
         data = self._data_root(out)
         if self.train_teacher.value:
             steps.append(config_step("teacher", "train", teacher, self.run_config(data, self.teacher_model.value)))
@@ -209,7 +227,10 @@ class DistillWidget(QWidget):
         """Continue the run in the run folder (``--resume``); the budget fields set its (new) total."""
         if self.running:
             return
-        run = Path(str(self.out_dir.value)).expanduser()
+        run = C.path_value(self.out_dir) or self.run_dir
+        if run is None:
+            C.show_error("cannot resume: choose the run folder to continue")
+            return
         cfg = run / "config.yaml"
         if not cfg.is_file():
             C.show_error(f"cannot resume: {run} is not a run folder (no config.yaml)")
@@ -254,13 +275,13 @@ class DistillWidget(QWidget):
         run_dir = Path(step["run_dir"])
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         events = run_dir / "events.jsonl"
-        fd, log = tempfile.mkstemp(prefix=f"medkd-{run_dir.name}-", suffix=".log")
-        self._log_path = Path(log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_path = run_dir / PROCESS_LOG  # the process's output stays with its run
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with os.fdopen(fd, "wb") as fh:
+        with open(self._log_path, "ab") as fh:
             try:
                 self.proc = subprocess.Popen(step["cmd"], stdout=fh, stderr=subprocess.STDOUT, env=env)
-                self._procs["current"] = self.proc
+                self._procs.update(current=self.proc, run_dir=run_dir)
             except OSError as exc:
                 self._finish(f"could not start {step['cmd'][0]}: {exc}")
                 return
@@ -334,7 +355,7 @@ class DistillWidget(QWidget):
         return next((lyr for lyr in self.viewer.layers if isinstance(lyr, Image)), None)
 
     def _add_prediction(self, labels, layer) -> None:
-        name = f"{self.student.value} ({self.method.value}) prediction"
+        name = f"{self.run_dir.name} prediction" if self.run_dir else "prediction"  # one layer per run
         try:
             self.prediction_layer = C.put_layer(self.viewer, "labels", labels, name, like=layer)
         except Exception as exc:  # noqa: BLE001 - shown, never raised into Qt
@@ -360,11 +381,6 @@ def _predict(run_dir: Path, img):
     from ..train.run_model import load_run_model
 
     return predict_image(load_run_model(run_dir), img)
-
-
-def _stop_on_close(proc: Optional[subprocess.Popen]) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()  # the engine saves last.pt on SIGTERM; Resume continues the run
 
 
 def _terminate(proc: Optional[subprocess.Popen], kill_after_s: float = 3.0) -> None:

@@ -12,9 +12,11 @@ from typing import Any, Dict
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, SpinBox
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
+from ._lifetime import on_close
 from ..analysis.graphs import GRAPH_TYPES, SIDES, TAPS, region_graphs_of_runs
 from ._plots import MatrixPlot
 
@@ -62,6 +64,8 @@ class GraphWidget(QWidget):
         self.result: Dict[str, Any] = {}
         self.layers: Dict[str, Any] = {}
         self.worker = None
+        on_close(self, lambda: self.worker is not None and self.worker.quit())
+        C.widget_opened()
 
     def compute(self) -> None:
         try:
@@ -83,22 +87,33 @@ class GraphWidget(QWidget):
         C.show_error(f"region graphs failed: {exc}")
 
     def _show(self, res: Dict[str, Any], layer) -> None:
+        """One side's layers per event-loop turn (creating a layer costs napari a shader build and a
+        redraw: six at once would freeze it); ``self.result`` is set when all are shown."""
         self.compute_btn.setEnabled(True)
-        self.result = res
-        coords = res["coords"]
-        valid = res["valid"]
         base = max(C.spatial_shape(layer)) / 45.0
-        for side in SIDES:
-            sym = side == "difference"
-            norm = np.abs(res["norm"][side])
-            top = float(norm[valid].max()) if valid.any() else 1.0
-            size = base * (0.6 + 1.4 * norm / (top or 1.0))
-            pts = C.put_layer(self.viewer, "points", coords[valid], f"graph {side} nodes", like=layer,
-                              size=size[valid],
-                              face_color=_colors(res["degree"][side][valid], CMAPS[side], sym),
-                              border_color="white", border_width=0.05, out_of_slice_display=False)
-            self.layers[side] = (pts, self._edges(side, res["edges"][side], coords, layer, base))
+        steps = [lambda side=side: self._show_side(side, res, layer, base) for side in SIDES]
+        steps.append(lambda: self._show_matrices(res))
+        self._run_steps(steps)
+
+    def _run_steps(self, steps) -> None:
+        steps.pop(0)()
+        if steps:
+            QTimer.singleShot(0, lambda: self._run_steps(steps))
+
+    def _show_side(self, side: str, res: Dict[str, Any], layer, base: float) -> None:
+        coords, valid = res["coords"], res["valid"]
+        sym = side == "difference"
+        norm = np.abs(res["norm"][side])
+        top = float(norm[valid].max()) if valid.any() else 1.0
+        size = base * (0.6 + 1.4 * norm / (top or 1.0))
+        pts = C.put_layer(self.viewer, "points", coords[valid], f"graph {side} nodes", like=layer,
+                          size=size[valid], face_color=_colors(res["degree"][side][valid], CMAPS[side], sym),
+                          border_color="white", border_width=0.05)
+        self.layers[side] = (pts, self._edges(side, res["edges"][side], coords, layer, base))
         self._apply_visibility()
+
+    def _show_matrices(self, res: Dict[str, Any]) -> None:
+        valid = res["valid"]
         lbl = [res["labels"][i] for i in np.flatnonzero(valid)]
         mats = {"teacher": res["affinity"]["teacher"][np.ix_(valid, valid)],
                 "student": res["affinity"]["student"][np.ix_(valid, valid)],
@@ -106,14 +121,13 @@ class GraphWidget(QWidget):
         self.plot.show_matrices(mats, labels=lbl)
         d = res["affinity"]["difference"][np.ix_(valid, valid)]
         self.status.setText(f"{int(valid.sum())} nodes; mean |A_s - A_t| = {float(np.abs(d).mean()):.4f}")
+        self.result = res
 
     def _edges(self, side: str, edges, coords: np.ndarray, layer, base: float):
         """The top-k edges as a Shapes layer of lines (width ~ |affinity|, colour = affinity)."""
         name = f"graph {side} edges"
-        if not edges:
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            return None
+        if not edges:  # an empty layer, never removed: the next result updates it in place
+            return C.put_layer(self.viewer, "shapes", [], name, like=layer, shape_type="line", opacity=0.8)
         vals = np.array([v for _, _, v in edges])
         width = base * (0.08 + 0.35 * np.abs(vals) / (np.abs(vals).max() or 1.0))
         lines = [np.stack([coords[i], coords[j]]) for i, j, _ in edges]

@@ -18,18 +18,22 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
+from ._lifetime import on_close
 
 DEBOUNCE_MS = 100
 
 
 class _Session:
-    """An OrtSegmenter with the volume it has prepared (used by one worker at a time)."""
+    """An OrtSegmenter with the volume it has prepared (used by one worker at a time). ``source`` is
+    what the user chose: an ``.onnx`` file, or a run folder (its exported model, exported if needed)."""
 
-    def __init__(self, onnx_path: Path):
+    def __init__(self, source: Path):
+        from ..export.run_export import ensure_onnx
         from ..inference.ort_infer import OrtSegmenter
 
-        self.path = onnx_path
-        self.seg = OrtSegmenter(str(onnx_path))
+        self.source = source
+        self.path = ensure_onnx(source)
+        self.seg = OrtSegmenter(str(self.path))
         self.prepared_key: Optional[Tuple[int, int]] = None
 
     @property
@@ -46,7 +50,14 @@ def _labels_of(res: Any) -> np.ndarray:
     return np.asarray(getattr(res, "labels", res))
 
 
+def _guard(session: _Session, img) -> None:
+    from ..inference.fit import check_fits
+
+    check_fits(session.seg.card, img, f"the model {session.path.name}")
+
+
 def _segment_slice(session: _Session, key, img, index: int):
+    _guard(session, img)
     session.ensure_prepared(key, img)
     t0 = time.perf_counter()
     res = session.seg.segment_slice_index(index)
@@ -54,6 +65,7 @@ def _segment_slice(session: _Session, key, img, index: int):
 
 
 def _segment_volume(session: _Session, img):
+    _guard(session, img)
     res = session.seg.segment(img)
     return _labels_of(res), float(getattr(res, "ms_per_slice", float("nan"))), float(getattr(res, "seconds", 0.0))
 
@@ -65,7 +77,7 @@ class LiveWidget(QWidget):
 
         self.viewer = napari_viewer
         self.image_layer = C.layer_combo(napari_viewer, Image, "image")
-        self.onnx = FileEdit(label="ONNX student", mode="r", filter="*.onnx")
+        self.onnx = FileEdit(label="model (.onnx or run folder)", mode="r", filter="*.onnx")
         self.live = CheckBox(text="segment the slice in view while scrolling", value=True)
         self.form = Container(widgets=[self.image_layer, self.onnx, self.live])
         C.set_tooltips({"onnx": self.onnx, "live": self.live})
@@ -98,18 +110,41 @@ class LiveWidget(QWidget):
         self.slices_done = 0
         self.last_ms: Optional[float] = None
         self.worker = None
+        self.loading = False
+        on_close(self, self._on_closed)
+        C.widget_opened()
+
+    def _on_closed(self) -> None:
+        try:
+            self._debounce.stop()
+            self.live.value = False  # no more slices once the panel is closed
+        except RuntimeError:  # the viewer is closing: its Qt objects are already gone
+            pass
 
     # -- inputs -------------------------------------------------------------------------------
-    def _session(self) -> _Session:
-        path = Path(str(self.onnx.value)).expanduser()
-        if str(self.onnx.value) in ("", ".") or not path.is_file():
-            raise C.InputError(f"choose an exported .onnx student (got {path})")
-        if self.session is None or self.session.path != path:
-            try:
-                self.session = _Session(path)
-            except Exception as exc:  # noqa: BLE001 - a bad file is a user error
-                raise C.InputError(f"cannot load {path}: {exc}") from exc
-        return self.session
+    def _session(self, then) -> Optional[_Session]:
+        """The loaded model, or None while it loads in a worker (``then`` runs when it is ready)."""
+        path = C.path_value(self.onnx)
+        if path is None or not path.exists():
+            raise C.InputError(f"choose an exported .onnx student or a run folder (got {path or 'nothing'})")
+        if self.session is not None and self.session.source == path:
+            return self.session
+        if not self.loading:
+            self.loading = True
+            self.status.setText(f"loading {path.name} ..." if path.is_file() else f"exporting / loading {path.name} ...")
+            self.worker = C.start_worker(_Session, path, returned=lambda s: self._loaded(s, then),
+                                         errored=self._load_failed)
+        return None
+
+    def _loaded(self, session: _Session, then) -> None:
+        self.loading, self.session = False, session
+        self.status.setText(f"model {session.path.name} ready")
+        then()
+
+    def _load_failed(self, exc) -> None:
+        self.loading = False
+        self.status.setText("failed")
+        C.show_error(f"cannot load {C.path_value(self.onnx)}: {exc}")
 
     def _layer(self):
         layer = self.image_layer.value
@@ -135,10 +170,12 @@ class LiveWidget(QWidget):
         """Segment the slice in view (the button; scrolling calls it through the debounce timer)."""
         try:
             layer = self._layer()
-            session = self._session()
+            session = self._session(lambda: self.request_slice(quiet))
         except C.InputError as exc:
             if not quiet:  # scrolling never raises error pop-ups
                 C.show_error(str(exc))
+            return
+        if session is None:
             return
         shape = C.spatial_shape(layer)
         self.wanted = C.current_index(self.viewer, layer, session.slice_axis) if len(shape) == 3 else 0
@@ -176,9 +213,11 @@ class LiveWidget(QWidget):
     def segment_volume(self) -> None:
         try:
             layer = self._layer()
-            session = self._session()
+            session = self._session(self.segment_volume)
         except C.InputError as exc:
             C.show_error(str(exc))
+            return
+        if session is None:
             return
         self.busy = True
         self.volume_btn.setEnabled(False)

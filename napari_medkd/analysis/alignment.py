@@ -70,7 +70,9 @@ def _fsd_result(msan, taps: Sequence[str], sem_t: list, sem_s: list):
     if n < 2:
         return None, "n/a: the FSD needs at least 2 slices (a volume, whole-volume mode)"
     fsd = frechet_semantic_distance(np.concatenate(sem_t), np.concatenate(sem_s))
-    return fsd, f"FSD (teacher vs student, {n} slices) = {fsd:.4f}"
+    return fsd, (f"FSD (teacher vs student, {n} slices) = {fsd:.4f}. Scale: 0 = the student's semantic "
+                 f"features are distributed exactly like the teacher's; larger = further apart, no upper bound. "
+                 f"Compare FSDs only over the same slices (few slices bias it upwards).")
 
 
 def alignment_maps(t_lm, s_lm, img, taps: Sequence[str], msan=None, position: Optional[Sequence[int]] = None,

@@ -32,6 +32,9 @@ class RunExistsError(FileExistsError):
 #: what a run writes into its folder (the engine, the data checks, the bench's method record)
 RUN_FILES = frozenset({"config.yaml", "events.jsonl", "metrics.csv", "last.pt", "best.pt", "STOP", "stages",
                        "method.json", "data_warnings.txt", LOCK_NAME})
+#: what napari's Distil widget puts into a run folder before the run starts (the open layers as a
+#: data set, the process's output): a new run accepts them and never clears them
+INPUT_FILES = frozenset({"layers_data", "process.log"})
 
 
 def _entries(run_dir: Path) -> List[Path]:
@@ -67,10 +70,10 @@ def _clear(run_dir: Path) -> None:
 
 
 def _new_run(run_dir: Path, overwrite: bool) -> List[str]:
-    entries = _entries(run_dir)
+    entries = [p for p in _entries(run_dir) if p.name not in INPUT_FILES]
     if not entries:
         return []
-    foreign = [p.name for p in entries if p.name not in RUN_FILES]
+    foreign = [p.name for p in entries if p.name not in RUN_FILES | INPUT_FILES]
     if foreign:
         raise RunExistsError(f"run folder {run_dir} already exists and holds files a run does not write "
                              f"({', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); choose another --out")
