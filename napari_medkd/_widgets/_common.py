@@ -262,3 +262,30 @@ def write_layer_dataset(image_layer, labels_layer, folder: Path) -> Path:
                                    image_name=image_layer.name, labels_name=labels_layer.name)
     except ArrayDatasetError as exc:
         raise InputError(str(exc)) from exc
+
+
+# -- teachers from anywhere (issue 13 item 4) ----------------------------------------------------
+def check_teacher(folder, file=None) -> Path:
+    """The teacher to use: ``file`` if one is chosen (ONNX, TorchScript, a medkd .pt checkpoint), else
+    ``folder`` (a medkd run or a MONAI bundle); an InputError saying what is wrong otherwise."""
+    from ..teachers import TeacherError, teacher_kind
+
+    chosen = file if file is not None and str(file) not in ("", ".") else folder
+    if chosen is None or str(chosen) in ("", "."):
+        raise InputError("choose the teacher: a run or MONAI bundle folder, or a model file (ONNX, TorchScript)")
+    path = Path(chosen).expanduser()
+    try:
+        teacher_kind(path)
+    except TeacherError as exc:
+        raise InputError(f"teacher: {exc}") from exc
+    return path
+
+
+def write_layer_scans(image_layer, folder: Path) -> Path:
+    """The image layer alone as a plain folder of one scan (geometry kept): distilling needs no masks."""
+    from ..io.image_io import write_image
+
+    img = image_from_layer(image_layer)
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_layer.name) or "image"
+    write_image(img.array, Path(folder) / f"{name}.nii.gz", reference=img)
+    return Path(folder)

@@ -77,8 +77,11 @@ class LiveWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.slice_btn)
         row.addWidget(self.volume_btn)
+        self.ready_btn = QPushButton("Use the ready-made hippocampus student")  # issue 14 item 6
+        self.ready_btn.clicked.connect(self.use_ready_made)
         lay = QVBoxLayout(self)
         lay.addWidget(self.form.native)
+        lay.addWidget(self.ready_btn)
         lay.addLayout(row)
         lay.addWidget(self.speed)
         lay.addWidget(self.status)
@@ -98,6 +101,15 @@ class LiveWidget(QWidget):
         self.slices_done = 0
         self.last_ms: Optional[float] = None
         self.worker = None
+
+    def use_ready_made(self) -> None:
+        """Pick the packaged hippocampus student (fetched into the user cache where not packaged)."""
+        from ..io.ready_made import ReadyMadeError, model_path
+
+        try:
+            self.onnx.value = str(model_path("hippocampus_student", "onnx"))
+        except ReadyMadeError as exc:
+            C.show_error(str(exc))
 
     # -- inputs -------------------------------------------------------------------------------
     def _session(self) -> _Session:
