@@ -74,7 +74,8 @@ class CompareWidget(QWidget):
         self.teacher_file = FileEdit(label="or teacher file", mode="r")  # ONNX / TorchScript (issue 13 item 4)
         self.teacher_file.tooltip = "An ONNX or TorchScript teacher file, used instead of the teacher run."
         self.grid = CheckBox(text="grid view (teacher | student | disagreement)", value=False)
-        self.form = Container(widgets=[self.image_layer, self.teacher_run, self.teacher_file, self.student_run, self.truth_layer,
+        self.form = Container(widgets=[self.image_layer, self.teacher_run, self.teacher_file, self.student_run,
+                                       self.truth_layer,
                                        self.fov_layer, self.grid])
         C.set_tooltips({"teacher_run": self.teacher_run, "student_run": self.student_run})
         self.compare_btn = QPushButton("Compare")

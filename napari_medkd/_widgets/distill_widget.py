@@ -63,7 +63,8 @@ class DistillWidget(QWidget):
         self.out_dir = FileEdit(label="run folder", mode="d", value=C.run_dir_default("distill"))
         self.form = Container(widgets=[
             self.source, self.data_dir, self.image_layer, self.labels_layer, self.teacher_dir,
-            self.teacher_file, self.train_teacher, self.teacher_model, self.student, self.method, self.budget_kind, self.budget,
+            self.teacher_file, self.train_teacher, self.teacher_model, self.student, self.method, self.budget_kind,
+            self.budget,
             self.patch_size, self.batch_size, self.val_every, self.device, self.threads, self.out_dir])
         C.set_tooltips({"source": self.source, "data_dir": self.data_dir, "teacher_dir": self.teacher_dir,
                         "train_teacher": self.train_teacher, "teacher_model": self.teacher_model,

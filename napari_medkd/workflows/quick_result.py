@@ -92,7 +92,8 @@ def predict_for_viewer(runs: Dict[str, str], ds, folder: Path) -> Dict[str, Any]
         predict_image(lm, crop_along(img, 0, 0, 2) if n > 2 else img)  # warm-up
         t0 = time.perf_counter()
         labels = predict_image(lm, img)
-        out["ms_per_slice"][f"{role} (torch)"] = 1000.0 * (time.perf_counter() - t0) / n
+        runtime = "ONNX Runtime" if str(runs[role]).lower().endswith(".onnx") else "torch"
+        out["ms_per_slice"][f"{role} ({runtime})"] = 1000.0 * (time.perf_counter() - t0) / n
         out["predictions"][role] = str(write_mask(labels, folder / f"{role}.nii.gz", reference=img, overwrite=True))
     return out
 
@@ -113,7 +114,7 @@ def export_student(run: Path, onnx_path: Path, teacher: str, ds) -> Dict[str, An
 
 
 def speedup(res: Dict[str, Any]) -> Optional[float]:
-    t = res.get("ms_per_slice", {}).get("teacher (torch)")
+    t = next((v for k, v in res.get("ms_per_slice", {}).items() if k.startswith("teacher")), None)
     s = res.get("ms_per_slice_onnx") or res.get("ms_per_slice", {}).get("distilled (torch)")
     return t / s if t and s else None
 
@@ -147,6 +148,11 @@ def card_lines(res: Dict[str, Any]) -> List[str]:
         lines.append(f"Dice on {res['labelled_cases']} held-back case(s): " + "; ".join(
             f"{LABELS[r]} " + ", ".join(f"{c} {_fmt(res['dice'][r].get(c))}" for c in classes)
             for r in ROLES if r in res["dice"]))
+    if not res.get("dice"):
+        lines.append("no masks in the held-back data: Dice against ground truth was not measured")
+    if res.get("agreement") is not None and not math.isnan(res["agreement"]):
+        lines.append(f"the distilled student gives the teacher's label on {100 * res['agreement']:.1f} % of the "
+                     "held-back voxels either of them labels")
     ms = dict(res.get("ms_per_slice", {}))
     if res.get("ms_per_slice_onnx"):
         ms["distilled (ONNX Runtime)"] = res["ms_per_slice_onnx"]
