@@ -70,7 +70,7 @@ class QuickStartWidget(QWidget):
     def _build_form(self, viewer) -> None:
         from napari.layers import Image, Labels
 
-        from ..workflows.quick_start import PRESETS
+        from ..workflows.quick_start import PRESETS, suggest_preset
 
         self.scans = ComboBox(label="learn from", choices=SCANS, value=SCANS[0])
         self.image_layer = C.layer_combo(viewer, Image, "image")
@@ -79,7 +79,7 @@ class QuickStartWidget(QWidget):
         self.masks = FileEdit(label="masks folder (optional)", mode="d")
         self.teacher = ComboBox(label="teacher", choices=list(TEACHERS), value=list(TEACHERS)[0])
         self.teacher_path = FileEdit(label="teacher file", mode="r")
-        self.preset = ComboBox(label="hardware", choices=list(PRESETS), value=list(PRESETS)[0])
+        self.preset = ComboBox(label="hardware", choices=list(PRESETS), value=suggest_preset())
         self.iterations = SpinBox(label="iterations per model", value=0, min=0, max=1_000_000, step=50)
         self.out_dir = FileEdit(label="output folder", mode="d", value=str(C.run_dir_default("quickstart")))
         self.form = Container(widgets=[self.scans, self.image_layer, self.labels_layer, self.folder, self.masks,
@@ -199,8 +199,12 @@ class QuickStartWidget(QWidget):
         fd, log = tempfile.mkstemp(prefix="medkd-quickstart-", suffix=".log")
         self._log = Path(log)
         with os.fdopen(fd, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            try:
+                self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            except OSError as exc:
+                C.show_error(f"could not start {cmd[0]}: {exc}")
+                return
         self._procs["current"] = self.proc
         self._t0 = time.time()
         self.card.setVisible(False)

@@ -34,6 +34,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+def suggest_preset() -> str:
+    """``workstation GPU`` where torch sees a CUDA or Apple GPU, else ``laptop CPU``."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    gpu = torch.cuda.is_available() or bool(mps is not None and mps.is_available())
+    return "workstation GPU" if gpu else "laptop CPU"
+
+
 @dataclass
 class QuickSpec:
     data: str                              # a data set folder, a plain folder of scans, or a manifest
