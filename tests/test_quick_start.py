@@ -106,7 +106,8 @@ def test_quick_start_panel_on_the_open_sample_volume_end_to_end(make_napari_view
     assert phases == ["data", "teacher", "student", "distilled", "evaluate", "export"]
     fractions = [e["fraction"] for e in events if "fraction" in e]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0  # one bar, only forwards
-    assert any("elapsed" in f and "left" in f and "/6" in f for f in formats)  # names the phase and the times
+    assert any("4/6 distilling · " in f and "elapsed" in f and "left" in f for f in formats)  # phase and times
+    assert w.phase_label.text().startswith("Step 6 of 6: exporting")
     card = w.card_text.text()
     assert not w.card.isHidden() and "one case only" in card and "held back for validation" in card
     for who in ("teacher", "student alone", "distilled student", "ms per slice", "speed-up", "Verdict"):

@@ -43,11 +43,16 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+#: the phases' names on the progress bar (the panel's status line gives the whole sentence)
+PHASES = {"data": "preparing data", "teacher": "teacher", "student": "student alone", "distilled": "distilling",
+          "evaluate": "evaluating", "export": "ONNX export"}
+
+
 def progress_text(ev: Dict[str, Any], phase: str) -> str:
-    """'phase - elapsed 0:12, about 0:40 left' from an event's overall fraction and elapsed seconds."""
+    """'3/6 student alone · 0:12 elapsed · about 0:40 left' from an event's overall fraction and elapsed seconds."""
     f, el = float(ev.get("fraction") or 0.0), float(ev.get("elapsed") or 0.0)
-    left = f"about {fmt_seconds(el * (1 - f) / f)} left" if f > 0.02 else "estimating the time left"
-    return f"{phase} - elapsed {fmt_seconds(el)}, {left}"
+    left = f"about {fmt_seconds(el * (1 - f) / f)} left" if f > 0.02 else "estimating time left"
+    return f"{phase} · {fmt_seconds(el)} elapsed · {left}"
 
 
 class QuickStartWidget(QWidget):
@@ -99,15 +104,17 @@ class QuickStartWidget(QWidget):
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
-        self.status = QLabel("")
+        self.status, self.phase_label = QLabel(""), QLabel("")
         self.status.setWordWrap(True)
+        self.phase_label.setWordWrap(True)
         self.card = QGroupBox("Result")
         self.card_text = QLabel("")
         self.card_text.setWordWrap(True)
         QVBoxLayout(self.card).addWidget(self.card_text)
         self.card.setVisible(False)
         lay = QVBoxLayout(self)
-        for w in (self.form.native, self.start_btn, self.cancel_btn, self.progress, self.status, self.card):
+        for w in (self.form.native, self.start_btn, self.cancel_btn, self.phase_label, self.progress, self.status,
+                  self.card):
             lay.addWidget(w)
         lay.addStretch(1)
         self.start_btn.clicked.connect(self.start)
@@ -226,7 +233,8 @@ class QuickStartWidget(QWidget):
     def _on_event(self, ev: Dict[str, Any]) -> None:
         kind = ev.get("event")
         if kind == "phase":
-            self._phase = f"{ev['index']}/{ev['phases']} {ev['text']}"
+            self._phase = f"{ev['index']}/{ev['phases']} {PHASES.get(ev['phase'], ev['phase'])}"
+            self.phase_label.setText(f"Step {ev['index']} of {ev['phases']}: {ev['text']}")
         elif kind == "note":
             self.status.setText(str(ev.get("message", "")))
         elif kind == "error":
