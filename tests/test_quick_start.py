@@ -121,3 +121,33 @@ def test_quick_start_panel_on_the_open_sample_volume_end_to_end(make_napari_view
     added = [lyr.name for lyr in viewer.layers][n_layers:]
     assert added == ["teacher (Quick start)", "distilled (Quick start)"]
     assert viewer.layers["teacher (Quick start)"].data.shape == viewer.layers["hippocampus MRI"].data.shape
+
+
+@pytest.mark.gui
+@pytest.mark.usefixtures("xdg_dirs")
+def test_closing_the_panel_stops_its_job_and_bad_inputs_are_named(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari.utils import notifications
+
+    from napari_medkd._widgets.quick_start_widget import QuickStartWidget
+
+    errors = []
+    monkeypatch.setattr(notifications, "show_error", lambda msg: errors.append(str(msg)))
+    viewer = make_napari_viewer()
+    w = QuickStartWidget(viewer)
+    w.out_dir.value = tmp_path / "qs0"
+    w.start()  # nothing open yet
+    assert not w.running and "open an image first" in errors[-1]
+    w.scans.value, w.folder.value = "a folder of scans", tmp_path / "nowhere"
+    w.start()
+    assert not w.running and "nowhere" in errors[-1]
+    w.scans.value, w.folder.value = "a folder of scans", HIPPO
+    w.teacher.value = "a model file (ONNX / TorchScript)"
+    w.start()
+    assert not w.running and "model file" in errors[-1]
+    w.teacher.value, w.iterations.value, w.out_dir.value = "train one here", 500, tmp_path / "qs"
+    w.start()
+    proc = w.proc
+    assert w.running and proc.poll() is None
+    w.close()
+    w.deleteLater()
+    qtbot.waitUntil(lambda: proc.poll() is not None, timeout=20_000)  # the job does not outlive its panel
