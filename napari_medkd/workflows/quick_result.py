@@ -145,7 +145,9 @@ def card_lines(res: Dict[str, Any]) -> List[str]:
     lines = [res.get("holdout", "")]
     classes = [n for c, n in sorted(res.get("classes", {}).items(), key=lambda kv: int(kv[0])) if c != "0"]
     if res.get("dice"):
-        lines.append(f"Dice on {res['labelled_cases']} held-back case(s): " + "; ".join(
+        where = "the held-back slices" if res.get("holdout", "").startswith("one case") else \
+            f"{res['labelled_cases']} held-back case(s)"
+        lines.append(f"Dice on {where}: " + "; ".join(
             f"{LABELS[r]} " + ", ".join(f"{c} {_fmt(res['dice'][r].get(c))}" for c in classes)
             for r in ROLES if r in res["dice"]))
     if not res.get("dice"):

@@ -109,8 +109,18 @@ def _weights(spec: QuickSpec, train_teacher: bool, labelled: bool) -> Dict[str, 
     return w
 
 
-def base_config(spec: QuickSpec, hold, class_names: Dict[int, str], model: str) -> RunConfig:
-    """The run configuration of one model of the job (the preset's budget and device; the hold-out's data)."""
+def fitted_patch(preset_patch: int, plane: Optional[int]) -> int:
+    """The preset's 2D patch, no larger than the images' in-plane size rounded up to 16 (a 96-pixel patch on
+    51 x 35 slices would train mostly on padding)."""
+    if not plane:
+        return preset_patch
+    return int(min(preset_patch, max(32, -(-int(plane) // 16) * 16)))
+
+
+def base_config(spec: QuickSpec, hold, class_names: Dict[int, str], model: str, plane: Optional[int] = None
+                ) -> RunConfig:
+    """The run configuration of one model of the job (the preset's budget and device; the hold-out's data;
+    ``plane``: the largest in-plane size of the images, which caps the 2D patch)."""
     from ..registry import MODELS
 
     p = PRESETS[spec.preset]
@@ -118,7 +128,7 @@ def base_config(spec: QuickSpec, hold, class_names: Dict[int, str], model: str) 
     cfg.data.root, cfg.data.labels_root = hold.root, (spec.labels if hold.root == spec.data else None)
     cfg.data.class_names, cfg.data.val_cases = dict(class_names), hold.val_cases
     dims = int(MODELS.meta(model).get("dims", 2))
-    cfg.data.patch_size = p["patch_size"] if dims == 2 else 48
+    cfg.data.patch_size = fitted_patch(p["patch_size"], plane) if dims == 2 else 48
     cfg.model.name = model
     tc = cfg.train
     tc.iterations, tc.batch_size, tc.device = spec.budget(), p["batch_size"], p["device"]
@@ -160,7 +170,8 @@ def _teacher_source(spec: QuickSpec, cfg: RunConfig, out: Path, prog: Progress, 
     from ..teachers import open_teacher
 
     t = open_teacher(path)
-    prog.note(f"teacher: {t.kind} {path} ({', '.join(n for k, n in sorted(t.card.class_names.items()) if k)})")
+    name = spec.teacher[len(READY):] + " (ready-made)" if spec.teacher.startswith(READY) else f"{t.kind} {path}"
+    prog.note(f"teacher: {name}; classes {', '.join(n for k, n in sorted(t.card.class_names.items()) if k)}")
     return path
 
 
@@ -182,15 +193,17 @@ def _prepare(spec: QuickSpec, out: Path, prog: Progress):
     from ..data.datasets import load_dataset
     from ..data.holdout import prepare_holdout
     from ..data.label_folder import attach_labels
-
-    ds = attach_labels(load_dataset(spec.data), spec.labels)
+    from ..io.header import read_header
     from ..registry import MODELS
 
+    ds = attach_labels(load_dataset(spec.data), spec.labels)
+    shape = read_header(ds.cases[0].image).shape
+    plane = max(shape[1:3]) if len(shape) >= 3 else max(shape[:2])
     dims = {int(MODELS.meta(m).get("dims", 2)) for m in (spec.student, spec.teacher_model)}
     # 2D models slice along axis 0: hold out whole slices of it; 3D ones any block
     hold = prepare_holdout(spec.data, out / "data", axes=(0,) if 2 in dims else None, labels_root=spec.labels)
     prog.note(hold.note)
-    return ds, hold, _class_names(ds, spec.teacher)
+    return ds, hold, _class_names(ds, spec.teacher), plane
 
 
 def run_quick_start(spec: QuickSpec, out: str | Path, emit: Optional[Callable[[Dict[str, Any]], None]] = None
@@ -210,16 +223,17 @@ def run_quick_start(spec: QuickSpec, out: str | Path, emit: Optional[Callable[[D
                          "run, a ready-made model or a model file as the teacher")
     prog = Progress(_weights(spec, spec.teacher == "train", labelled), emit or (lambda ev: None))
     prog.start("data", "preparing the data and the held-back part")
-    ds, hold, names = _prepare(spec, out, prog)
+    ds, hold, names, plane = _prepare(spec, out, prog)
     val: Dict[str, Any] = {}
     runs: Dict[str, str] = {}
-    runs["teacher"] = _teacher_source(spec, base_config(spec, hold, names, spec.teacher_model), out, prog, val)
+    runs["teacher"] = _teacher_source(spec, base_config(spec, hold, names, spec.teacher_model, plane), out, prog, val)
     if labelled:
         prog.start("student", f"training the student alone ({spec.student}, {spec.budget()} iterations)")
-        val["student"] = _train(base_config(spec, hold, names, spec.student), out / "student", prog).get("best_dice")
+        val["student"] = _train(base_config(spec, hold, names, spec.student, plane), out / "student", prog).get(
+            "best_dice")
         runs["student"] = str(out / "student")
     prog.start("distilled", f"distilling the teacher into {spec.student} ({spec.method})")
-    val["distilled"] = _distil(spec, hold, names, runs["teacher"], out, prog)
+    val["distilled"] = _distil(spec, base_config(spec, hold, names, spec.student, plane), runs["teacher"], out, prog)
     runs["distilled"] = str(out / "distilled")
     prog.start("evaluate", "evaluating teacher and students on the held-back data")
     res = evaluate_held_back(runs, hold.root, names)
@@ -235,10 +249,9 @@ def run_quick_start(spec: QuickSpec, out: str | Path, emit: Optional[Callable[[D
     return res
 
 
-def _distil(spec: QuickSpec, hold, names, teacher: str, out: Path, prog: Progress) -> Optional[float]:
+def _distil(spec: QuickSpec, cfg: RunConfig, teacher: str, out: Path, prog: Progress) -> Optional[float]:
     from .distill_teacher import configure_for_teacher
 
-    cfg = base_config(spec, hold, names, spec.student)
     cfg.distill.teacher, cfg.distill.method = teacher, spec.method
     cfg = RunConfig.from_dict(cfg.to_dict())
     _, notes = configure_for_teacher(cfg)
