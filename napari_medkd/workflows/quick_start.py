@@ -103,7 +103,7 @@ def _weights(spec: QuickSpec, train_teacher: bool, labelled: bool) -> Dict[str, 
     w = {"data": 0.03 * it, "teacher": it if train_teacher else 0.05 * it}
     if labelled:
         w["student"] = it
-    w.update({"distilled": it, "evaluate": 0.25 * it})
+    w.update({"distilled": 1.5 * it, "evaluate": 0.25 * it})  # a distillation step costs ~1.5 student steps
     if spec.export:
         w["export"] = 0.15 * it
     return w
