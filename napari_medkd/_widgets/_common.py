@@ -274,6 +274,8 @@ def check_teacher(folder, file=None) -> Path:
     if chosen is None or str(chosen) in ("", "."):
         raise InputError("choose the teacher: a run or MONAI bundle folder, or a model file (ONNX, TorchScript)")
     path = Path(chosen).expanduser()
+    if not path.exists():
+        raise InputError(f"teacher {'file' if chosen is file else 'run folder'} {path} does not exist")
     try:
         teacher_kind(path)
     except TeacherError as exc:
