@@ -9,6 +9,7 @@ from typing import List, Optional
 from .cli_args import non_negative_float, non_negative_int, opset, positive_int
 from .cli_common import CLIError, add_budget, config_from_args, train_and_report
 from .cli_data import SERIES_HELP, add_inspect, add_validate_data
+from .cli_quick import add_quickstart
 from .cli_teacher import add_agreement, add_distill, add_teacher_info
 from .io import jsonsafe
 from .io.atomic import describe_os_error, write_text_atomic
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="medkd", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for add in (_add_train, add_distill, add_teacher_info, _add_methods, _add_evaluate, add_agreement, _add_predict,
-                add_validate_data, add_inspect, _add_models, _add_bench, _add_export, _add_infer, _add_pipeline):
+                add_validate_data, add_inspect, _add_models, _add_bench, _add_export, _add_infer, _add_pipeline,
+                add_quickstart):
         add(sub)  # one subcommand each, in the order `medkd --help` lists them
     return ap
 

@@ -20,7 +20,7 @@ LAYERS: List[List[str]] = [
     ["export"],
     ["analysis"],
     ["workflows"],
-    ["cli", "cli_data", "cli_args", "cli_common", "cli_teacher", "__main__"],
+    ["cli", "cli_data", "cli_args", "cli_common", "cli_teacher", "cli_quick", "__main__"],
     ["_reader", "_reader_offer", "_writer", "_sample_data", "_widgets"],
 ]
 

@@ -135,7 +135,7 @@ def test_npe2_validate_with_imports_and_no_torch_at_startup():
     assert "valid" in (res.stdout + res.stderr)
     code = ("import sys, napari_medkd._reader, napari_medkd._writer, napari_medkd._sample_data\n"
             "from napari_medkd._widgets import distill_widget, compare_widget, graph_widget, alignment_widget, "
-            "live_widget\nprint('torch' in sys.modules)")
+            "live_widget, quick_start_widget\nprint('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=120)
     assert res.stdout.strip() == "False", res.stdout + res.stderr
 

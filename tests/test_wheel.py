@@ -27,4 +27,6 @@ def test_wheel_ships_manifest_sample_data_and_suites(tmp_path):
     assert on_disk and on_disk == shipped
     suites = {p.relative_to(ROOT).as_posix() for p in (ROOT / "napari_medkd" / "suites").glob("*.yaml")}
     assert "napari_medkd/suites/drive.yaml" in suites and suites <= names
+    pretrained = {p.relative_to(ROOT).as_posix() for p in (ROOT / "napari_medkd" / "pretrained").iterdir() if p.is_file()}
+    assert "napari_medkd/pretrained/hippocampus_teacher.pt" in pretrained and pretrained <= names
     assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)

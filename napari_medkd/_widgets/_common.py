@@ -301,3 +301,34 @@ def widget_opened() -> None:
     from .._reader_offer import offer_reader_preference
 
     offer_reader_preference()
+
+
+# -- teachers from anywhere (issue 13 item 4) ----------------------------------------------------
+def check_teacher(folder, file=None) -> Path:
+    """The teacher to use: ``file`` if one is chosen (ONNX, TorchScript, a medkd .pt checkpoint), else
+    ``folder`` (a medkd run or a MONAI bundle); an InputError saying what is wrong otherwise."""
+    from ..teachers import TeacherError, teacher_kind
+
+    folder = path_value(folder) if hasattr(folder, "line_edit") else folder  # FileEdits: empty = not set
+    file = path_value(file) if hasattr(file, "line_edit") else file
+    chosen = file if file is not None and str(file) not in ("", ".") else folder
+    if chosen is None or str(chosen) in ("", "."):
+        raise InputError("choose the teacher: a run or MONAI bundle folder, or a model file (ONNX, TorchScript)")
+    path = Path(chosen).expanduser()
+    if not path.exists():
+        raise InputError(f"teacher {'file' if chosen is file else 'run folder'} {path} does not exist")
+    try:
+        teacher_kind(path)
+    except TeacherError as exc:
+        raise InputError(f"teacher: {exc}") from exc
+    return path
+
+
+def write_layer_scans(image_layer, folder: Path) -> Path:
+    """The image layer alone as a plain folder of one scan (geometry kept): distilling needs no masks."""
+    from ..io.image_io import write_image
+
+    img = image_from_layer(image_layer)
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in image_layer.name) or "image"
+    write_image(img.array, Path(folder) / f"{name}.nii.gz", reference=img)
+    return Path(folder)

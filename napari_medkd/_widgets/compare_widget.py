@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container
+from magicgui.widgets import CheckBox, Container, FileEdit
 from qtpy.QtWidgets import QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from . import _common as C
@@ -57,8 +57,11 @@ class CompareWidget(QWidget):
         self.fov_layer = C.layer_combo(napari_viewer, Labels, "field of view", nullable=True, tooltip_key="fov")
         self.truth_layer.value = None
         self.fov_layer.value = None
+        self.teacher_file = FileEdit(label="or teacher file", mode="r")  # ONNX / TorchScript (issue 13 item 4)
+        self.teacher_file.tooltip = "An ONNX or TorchScript teacher file, used instead of the teacher run."
         self.grid = CheckBox(text="grid view (image with teacher | student | disagreement)", value=False)
-        self.form = Container(widgets=[self.image_layer, self.teacher_run, self.student_run, self.truth_layer,
+        self.form = Container(widgets=[self.image_layer, self.teacher_run, self.teacher_file, self.student_run,
+                                       self.truth_layer,
                                        self.fov_layer, self.grid])
         C.set_tooltips({"teacher_run": self.teacher_run, "student_run": self.student_run})
         self.compare_btn = QPushButton("Compare")
@@ -85,8 +88,11 @@ class CompareWidget(QWidget):
 
     def compare(self) -> None:
         try:
-            layer, t_run, s_run = C.read_model_pair(self.image_layer, self.teacher_run, self.student_run,
-                                                    "open an image layer to compare on")
+            layer = self.image_layer.value
+            if layer is None:
+                raise C.InputError("open an image layer to compare on")
+            t_run = C.check_teacher(self.teacher_run, self.teacher_file)
+            s_run = C.check_run_folder(self.student_run, "student")
             shape = C.spatial_shape(layer)
             truth = self._mask(self.truth_layer.value, shape, "ground truth")
             fov = self._mask(self.fov_layer.value, shape, "field of view")

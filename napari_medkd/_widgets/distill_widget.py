@@ -48,6 +48,9 @@ class DistillWidget(QWidget):
         self.image_layer = C.layer_combo(viewer, Image, "image layer", tooltip_key="source")
         self.labels_layer = C.layer_combo(viewer, Labels, "labels layer", tooltip_key="source")
         self.teacher_dir = FileEdit(label="teacher run", mode="d")
+        # issue 13 item 4: a teacher file (ONNX / TorchScript / .pt) wins over the folder (a run or a MONAI bundle)
+        self.teacher_file = FileEdit(label="or teacher file", mode="r")
+        self.teacher_file.tooltip = "An ONNX or TorchScript teacher file (used instead of the folder above)."
         self.train_teacher = CheckBox(text="train a teacher first", value=False)
         self.teacher_model = ComboBox(label="teacher model", choices=C.model_names("teacher"))
         self.student = ComboBox(label="student", choices=C.model_names("student"))
@@ -64,8 +67,8 @@ class DistillWidget(QWidget):
         self.out_dir = FileEdit(label="run folder", mode="d")
         self.form = Container(widgets=[
             self.source, self.data_dir, self.image_layer, self.labels_layer, self.teacher_dir,
-            self.train_teacher, self.teacher_model, self.student, self.method, self.budget_kind, self.budget,
-            self.patch_size, self.batch_size, self.val_every, self.device, self.threads, self.runs_root,
+            self.teacher_file, self.train_teacher, self.teacher_model, self.student, self.method, self.budget_kind,
+            self.budget, self.patch_size, self.batch_size, self.val_every, self.device, self.threads, self.runs_root,
             self.out_dir])
         C.set_tooltips({"source": self.source, "data_dir": self.data_dir, "teacher_dir": self.teacher_dir,
                         "train_teacher": self.train_teacher, "teacher_model": self.teacher_model,
@@ -128,7 +131,7 @@ class DistillWidget(QWidget):
         self.data_dir.visible = not layers
         self.image_layer.visible = self.labels_layer.visible = layers
         self.teacher_model.visible = self.train_teacher.value
-        self.teacher_dir.visible = not self.train_teacher.value
+        self.teacher_dir.visible = self.teacher_file.visible = not self.train_teacher.value
 
     def _set_running(self, running: bool) -> None:
         self.export_row.button.setEnabled(not running and self.run_dir is not None)
@@ -169,6 +172,8 @@ class DistillWidget(QWidget):
     def _data_root(self, out: Path) -> Path:
         if self.source.value == SOURCES[1]:
             img, lab = self.image_layer.value, self.labels_layer.value
+            if img is not None and lab is None and not self.train_teacher.value:  # a teacher needs no masks
+                return C.write_layer_scans(img, out / LAYERS_DATA)  # inside the run: Resume finds it
             if img is None or lab is None:
                 raise C.InputError("choose an image layer and a labels layer (or train on a data set folder)")
             return C.write_layer_dataset(img, lab, out / LAYERS_DATA)  # inside the run: Resume finds it
@@ -205,7 +210,7 @@ class DistillWidget(QWidget):
             if teacher.exists() and any(teacher.iterdir()):
                 raise C.InputError(f"teacher run folder {teacher} is not empty; choose another run folder")
         else:
-            teacher = C.check_run_folder(self.teacher_dir, "teacher")
+            teacher = C.check_teacher(self.teacher_dir, self.teacher_file)
         data = self._data_root(out)
         if self.train_teacher.value:
             steps.append(config_step("teacher", "train", teacher, self.run_config(data, self.teacher_model.value)))

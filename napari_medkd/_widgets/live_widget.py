@@ -89,8 +89,11 @@ class LiveWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.slice_btn)
         row.addWidget(self.volume_btn)
+        self.ready_btn = QPushButton("Use the ready-made hippocampus student")  # issue 14 item 6
+        self.ready_btn.clicked.connect(self.use_ready_made)
         lay = QVBoxLayout(self)
         lay.addWidget(self.form.native)
+        lay.addWidget(self.ready_btn)
         lay.addLayout(row)
         lay.addWidget(self.speed)
         lay.addWidget(self.status)
@@ -120,6 +123,15 @@ class LiveWidget(QWidget):
             self.live.value = False  # no more slices once the panel is closed
         except RuntimeError:  # the viewer is closing: its Qt objects are already gone
             pass
+
+    def use_ready_made(self) -> None:
+        """Pick the packaged hippocampus student (fetched into the user cache where not packaged)."""
+        from ..io.ready_made import ReadyMadeError, model_path
+
+        try:
+            self.onnx.value = str(model_path("hippocampus_student", "onnx"))
+        except ReadyMadeError as exc:
+            C.show_error(str(exc))
 
     # -- inputs -------------------------------------------------------------------------------
     def _session(self, then) -> Optional[_Session]:

@@ -54,11 +54,17 @@ def format_value(metric: str, value: float, absent: bool = False) -> str:
 
 
 def load_checked(run, img, what: str):
-    """The run's model, after the guard: ``ModelDoesNotFit`` names what does not fit."""
+    """The model of a run (or, for the teacher, of any teacher source: an ONNX / TorchScript file, a MONAI
+    bundle), after the guard: ``ModelDoesNotFit`` names what does not fit."""
     from ..inference.fit import check_fits
     from ..train.run_model import load_run_model
 
-    lm = load_run_model(run)
+    if what == "teacher":
+        from ..teachers.resolve import open_as_model
+
+        lm = open_as_model(run)
+    else:
+        lm = load_run_model(run)
     check_fits(lm.card, img, f"the {what} ({lm.card.model_name}, {run})")
     return lm
 

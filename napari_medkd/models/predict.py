@@ -145,7 +145,10 @@ def torch_run(model, device=None, amp: bool = False) -> Iterator[Run]:
     on ``device`` (default: where the model's parameters are), autocast when ``amp`` on CUDA."""
     import torch
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    param = next(iter(model.parameters()), None)  # none in an ONNX teacher (onnxruntime runs it): the CPU
+    if device is None:
+        device = param.device if param is not None else "cpu"
+    device = torch.device(device)
     use_amp = bool(amp and device.type == "cuda")
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -61,3 +61,12 @@ def suggested_taps(teacher: Teacher, side: int = 64) -> Dict[str, str]:
     if teacher.kind in ("monai_bundle", "module") and isinstance(net, nn.Module):
         return suggest_module_taps(net, in_ch, dims, side)
     return {}
+
+
+def open_as_model(source: Source, device: Any = "cpu"):
+    """Any teacher source as a ``train.run_model.LoadedModel`` (its module and card), so what predicts with a
+    trained model (``inference.predict_files.predict_image``) predicts with a teacher from a file alike."""
+    from ..train.run_model import LoadedModel
+
+    t = open_teacher(source, device=device)
+    return LoadedModel(t.module, t.card, Path(t.source))
