@@ -180,7 +180,7 @@ def _compute_line(rows, suite, preset: str, seconds: float, jobs: int, devices: 
     eval_min = sum(r["eval_s"] for r in rows if math.isfinite(r["eval_s"])) / 60
     return (f"Suite `{suite.name}` preset `{preset}`, data `{Path(suite.data).name}`, student `{suite.student}`, "
             f"seeds {suite.seeds}; machine: {platform.machine()}, {os.cpu_count()} CPU cores{_gpu_name()}, "
-            f"{time.strftime('%Y-%m-%d')}. " + (f"Trained on {devices}. " if devices else "") + "Compute: training {train_min:.0f} run-minutes (teacher {teacher_min:.0f}, "
+            f"{time.strftime('%Y-%m-%d')}. " + (f"Trained on {devices}. " if devices else "") + f"Compute: training {train_min:.0f} run-minutes (teacher {teacher_min:.0f}, "
             f"students {(train_min - teacher_min):.0f} in {jobs} parallel job(s), so about {train_wall:.0f} min wall) "
             f"+ evaluation {eval_min:.0f} min; this call took {seconds / 60:.0f} min. "
             f"Command: `medkd bench --suite {suite.name} --preset {preset}`")
