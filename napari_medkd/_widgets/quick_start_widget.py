@@ -22,7 +22,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGroupBox, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from . import _common as C
-from ._runs import cli_command, tail_events
+from ._runs import cli_command, default_runs_root, new_run_dir, tail_events
 
 SCANS = ("the open image", "a folder of scans")
 TEACHERS = {"ready-made hippocampus teacher": "ready", "train one here": "train",
@@ -86,7 +86,8 @@ class QuickStartWidget(QWidget):
         self.teacher_path = FileEdit(label="teacher file", mode="r")
         self.preset = ComboBox(label="hardware", choices=list(PRESETS), value=suggest_preset())
         self.iterations = SpinBox(label="iterations per model", value=0, min=0, max=1_000_000, step=50)
-        self.out_dir = FileEdit(label="output folder", mode="d", value=str(C.run_dir_default("quickstart")))
+        self.out_dir = FileEdit(label="output folder", mode="d")  # empty: a new folder per Start under ~/medkd_runs
+        self.out_dir.tooltip = "Empty: a new folder per Start, ~/medkd_runs/<date-time>-quickstart-<hardware>."
         self.form = Container(widgets=[self.scans, self.image_layer, self.labels_layer, self.folder, self.masks,
                                        self.teacher, self.teacher_path, self.preset, self.iterations, self.out_dir])
         for w, key in ((self.scans, "scans"), (self.teacher, "teacher"), (self.preset, "preset"),
@@ -186,7 +187,9 @@ class QuickStartWidget(QWidget):
     def start(self) -> None:
         if self.running:
             return
-        out = Path(str(self.out_dir.value)).expanduser()
+        out = C.path_value(self.out_dir)
+        if out is None:  # not set: a fresh folder per Start, never one an earlier run used
+            out = new_run_dir(default_runs_root(), "quickstart", self.preset.value.split()[0])
         try:
             if out.exists() and any(out.iterdir()):
                 raise C.InputError(f"output folder {out} is not empty: choose a new one")
