@@ -93,7 +93,6 @@ def plain_folders(work: Path, fraction: float, seed: int):
 def agreement(medkd, student, teacher, out, log, timings, name):
     run([medkd, "agreement", "--student", student, "--teacher", teacher, "--data", DATA, "--split", "test",
          "--out", out], log, timings, name)
-    return json.loads((Path(out) / "agreement.json").read_text())
 
 
 def train_seconds(run_dir: Path):
@@ -110,18 +109,23 @@ def main(argv=None) -> int:
     ap.add_argument("--student", default="unet_tiny")
     ap.add_argument("--work", default=str(ROOT / "results" / "byo_teacher"))
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--reuse", action="store_true", help="keep the work folder: reuse its export and the runs "
+                    "already evaluated there (their recorded times are kept)")
     args = ap.parse_args(argv)
     medkd = [sys.executable, "-m", "napari_medkd"]  # this checkout's package (run from its root)
     work, out = Path(args.work), Path(args.out)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    old = json.loads((out / "results.json").read_text()) if args.reuse and (out / "results.json").is_file() else {}
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    log, timings = work / "log.txt", {}
+    log, timings = work / "log.txt", dict(old.get("timings", {}))
     machine, started = machine_line(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t_all = time.time()
 
     onnx = work / "teacher.onnx"
-    run([medkd, "export", TEACHER_RUN, "--out", onnx], log, timings, "export")
+    if not onnx.is_file():
+        run([medkd, "export", TEACHER_RUN, "--out", onnx], log, timings, "export")
     scans, labels, n_scans, n_labels = plain_folders(work, args.fraction, args.seed)
     # the students' shared settings: the teacher's patch size and batch; validation only at the end; the
     # output-only terms at full weight from the start (the label-scarce tuning: benchmarks/tuning/)
@@ -129,16 +133,18 @@ def main(argv=None) -> int:
     cfg.write_text(f"data: {{patch_size: 48, val_fraction: 0.1}}\ntrain: {{batch_size: 16, threads: 1, val_every: {args.iterations}, "
                    f"seed: {args.seed}}}\ndistill: {{warmup: null, teacher_cache_dir: {work / 'teacher_cache'}}}\n")
     common = ["--student", args.student, "--iterations", args.iterations, "--config", cfg]
-    rows = [("label-free", args.method, []), (f"{int(round(args.fraction * 100))} % labels", args.method,
-                                              ["--labels", labels]),
-            (f"student alone, {int(round(args.fraction * 100))} % labels", "none", ["--labels", labels])]
+    pct = f"{int(round(args.fraction * 100))} % labels"
+    rows = [("label-free", args.method, []), (pct, args.method, ["--labels", labels]),
+            (f"student alone, {pct}", "none", ["--labels", labels]), ("label-free", "logit_kd", [])]
     results = []
     teacher_gt = None
     for i, (name, method, extra) in enumerate(rows):
-        run_dir = work / f"run{i}"
-        run([medkd, "distill", "--teacher", onnx, "--data", scans, "--method", method, "--out", run_dir,
-             *common, *extra], log, timings, f"train: {name}")
-        rep = agreement(medkd, run_dir, onnx, work / f"eval{i}", log, timings, f"evaluate: {name}")
+        run_dir, ev = work / f"run{i}", work / f"eval{i}"
+        if not (ev / "agreement.json").is_file():
+            run([medkd, "distill", "--teacher", onnx, "--data", scans, "--method", method, "--out", run_dir,
+                 *common, *extra], log, timings, f"train: {name}, {method}")
+            agreement(medkd, run_dir, onnx, ev, log, timings, f"evaluate: {name}, {method}")
+        rep = json.loads((ev / "agreement.json").read_text())
         teacher_gt = rep["ground_truth"]["teacher"]
         results.append({"row": name, "method": method, "labels": 0 if not extra else n_labels,
                         "test_dice": rep["ground_truth"]["student"], "agree_dice": rep["agreement"]["dice_mean"],

@@ -95,16 +95,18 @@ class DistillTask(SupervisedTask):
                  cache_teacher: bool = False, balance: str = "none", grad_ratio: float = 0.5,
                  warmup: Optional[List[float]] = None, balance_batches: int = 4, source=None,
                  cache_dir: Optional[str] = None, preprocess: Optional[Dict[str, Any]] = None,
-                 teacher_backend: str = "torch", threads: Optional[int] = None):
+                 teacher_backend="torch", threads: Optional[int] = None):
         """``source``: the :class:`~napari_medkd.teachers.Teacher` whose ``module`` is ``teacher``;
         ``cache_dir``: keep the cached teacher outputs on disk there (``teachers/cache.py``), else in memory;
-        ``teacher_backend``: how the teacher runs in each step (``teachers/backend.py``; set up in ``prepare``)."""
+        ``teacher_backend``: how the teacher runs in each step, or the backends to try in order
+        (``teachers/backend.py``; set up in ``prepare``)."""
         super().__init__(student, num_classes)
         self.source, self.cache_dir, self.preprocess = source, cache_dir, dict(preprocess or {})
         if balance not in ("none", "grad"):
             raise DistillError(f"distill.balance must be 'none' or 'grad', got {balance!r}")
         self.teacher = teacher
-        self.teacher_backend, self.threads, self.fast_teacher = teacher_backend, threads, None
+        self.backends = [teacher_backend] if isinstance(teacher_backend, str) else list(teacher_backend)
+        self.teacher_backend, self.threads, self.fast_teacher = self.backends[0], threads, None
         self.terms = terms
         self.balance, self.grad_ratio, self.balance_batches = balance, float(grad_ratio), int(balance_batches)
         self.warmup = list(warmup) if warmup else None
@@ -245,13 +247,14 @@ class DistillTask(SupervisedTask):
         the sampler on) and log what runs it; a teacher that fails the check stays in torch."""
         from ..teachers.backend import build_fast
 
-        if self.teacher_backend in ("torch", "cache"):
+        if self.backends[0] in ("torch", "cache"):
             return
         sampler, bs = ctx["sampler"], ctx["cfg"].train.batch_size
         state = sampler.get_state()
         batches = [torch.as_tensor(sampler.sample(bs)["image"]).float() for _ in range(4)]
         sampler.set_state(state)
-        self.fast_teacher, facts = build_fast(self.teacher, self.teacher_backend, batches, self.taps, self.threads)
+        self.fast_teacher, facts = build_fast(self.teacher, self.backends, batches, self.taps, self.threads)
+        self.teacher_backend = str(facts["backend"])
         ctx["emit"]("teacher_backend", **facts)
 
     def agreement(self, model, cases, device, slice_axis: int) -> Optional[Dict[str, Any]]:

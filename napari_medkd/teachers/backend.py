@@ -4,7 +4,7 @@ The teacher's forward is most of a KD step's cost (the student's forward and bac
 can run through a faster backend than the torch module it came in:
 
 - ``torch``: the module as it is (every method; GKD's terms need it, they call ``encode``/``decode``);
-- ``torch_bf16``: the module under CPU bf16 autocast (:class:`Bf16Net`);
+- ``torch_bf16``: the module under CPU bf16 autocast, channels-last (:class:`Bf16Net`);
 - ``onnxruntime``: the module exported to ONNX in memory (TorchScript exporter, dynamic batch and sizes) and
   run by onnxruntime in fp32, its taps extra graph outputs (``onnx_file.OnnxNet``, found by module scope,
   ``onnx_graph.module_tensor``);
@@ -12,19 +12,22 @@ can run through a faster backend than the torch module it came in:
   real training batches;
 - ``cache``: the teacher's outputs read from the on-disk cache (``distill.cache_teacher``; output-only
   methods), so no teacher forward in the step at all;
-- ``auto``: what ``benchmarks/bench_kd_step.py`` measured fastest with equal numbers (:func:`choose`).
+- ``auto``: what ``benchmarks/bench_kd_step.py`` measured fastest with the torch teacher's masks (:func:`choose`):
+  bf16 where the CPU has native bf16, else onnxruntime fp32.
 
 A converted teacher is kept only after a check on real training batches (:func:`parity`): fp32 within
 :data:`FP32_TOL` (relative to the largest value) on the logits and every tap; bf16 and int8, whose numbers
 differ by design, a mean foreground Dice between their masks and the torch teacher's of at least
-:data:`MIN_DICE`. A teacher that fails is run in torch, and the run's events say why.
+:data:`MIN_DICE`. A teacher that fails is run by the next backend in the list (``auto``: onnxruntime fp32)
+or in torch, and the run's events say why.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -36,20 +39,23 @@ MIN_DICE = 0.95      # mean foreground Dice of the fast teacher's masks against 
 
 
 class Bf16Net(nn.Module):
-    """A torch teacher run under CPU bf16 autocast; logits in float32, its taps where the module has them."""
+    """A torch teacher run under CPU bf16 autocast on channels-last tensors (oneDNN's bf16 kernels, AMX where
+    the CPU has it), on its own copy of the weights; logits in float32, its taps where the module has them."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = net
+        self.dims = int(getattr(net, "spatial_dims", 2))
+        self.layout = torch.channels_last_3d if self.dims == 3 else torch.channels_last
+        self.net = copy.deepcopy(net).to(memory_format=self.layout)
         self.in_channels, self.num_classes = net.in_channels, net.num_classes
-        self.spatial_dims, self.size_divisor = getattr(net, "spatial_dims", 2), int(net.size_divisor)
+        self.spatial_dims, self.size_divisor = self.dims, int(net.size_divisor)
 
     def tap_paths(self) -> Dict[str, str]:
         return {k: (f"net.{v}" if v else "net") for k, v in self.net.tap_paths().items() if k != "logits"} | {"logits": ""}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return self.net(x).float()
+            return self.net(x.contiguous(memory_format=self.layout)).float().contiguous()
 
 
 def export_bytes(model: nn.Module, in_channels: int, opset: int = 17) -> bytes:
@@ -162,30 +168,60 @@ def accepted(backend: str, check: Dict[str, float]) -> bool:
     return check["dice_agreement"] >= MIN_DICE
 
 
-def choose(requested: str, *, device: str, is_torch: bool, needs_parts: bool, cached: bool) -> str:
-    """The backend to use. ``auto``: the cache when the outputs are cached, the module itself for a teacher
-    that is not a torch module (an ONNX file already runs in onnxruntime), on a GPU, or for methods that run
-    its parts; else onnxruntime fp32, the fastest with the torch teacher's numbers on 2 CPU cores
-    (``benchmarks/results/kd_step_cpu``). An explicit choice that cannot apply falls back the same way."""
+def native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16 or AMX-BF16; Linux ``/proc/cpuinfo``), where torch's
+    bf16 kernels are fast; elsewhere bf16 autocast on CPU is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose(requested: str, *, device: str, is_torch: bool, needs_parts: bool, cached: bool,
+           bf16: Optional[bool] = None) -> List[str]:
+    """The backends to try, in order (the first whose check passes is used; torch when none does).
+    ``auto``: the cache when the outputs are cached; the module itself for a teacher that is not a torch module
+    (an ONNX file already runs in onnxruntime), on a GPU, or for methods that run its parts; else, as measured
+    fastest on 2 CPU cores (``benchmarks/results/kd_step_cpu``), bf16 autocast where the CPU has native bf16
+    (``bf16``, default :func:`native_bf16`), then onnxruntime fp32. An explicit choice that cannot apply gives
+    torch the same way."""
     if requested not in BACKENDS:
         raise ValueError(f"distill.teacher_backend must be one of {BACKENDS}, got {requested!r}")
     if cached:
-        return "cache"
+        return ["cache"]
     if requested == "cache" or not is_torch or needs_parts or not str(device).startswith("cpu"):
-        return "torch"
-    return "onnxruntime" if requested == "auto" else requested
+        return ["torch"]
+    if requested != "auto":
+        return [requested]
+    return ["torch_bf16", "onnxruntime"] if (native_bf16() if bf16 is None else bf16) else ["onnxruntime"]
 
 
-def build_fast(teacher: nn.Module, backend: str, batches: Sequence[torch.Tensor], taps: Sequence[str],
-               threads: Optional[int] = None) -> "tuple[Optional[nn.Module], Dict[str, object]]":
-    """``(module, facts)``: the teacher converted for ``backend`` (None for ``torch``/``cache``, or when the
-    conversion fails or its :func:`parity` on ``batches`` is not :func:`accepted`, with ``facts['fallback']``
-    saying why); facts: the backend used, its parity and the seconds it took."""
+def build_fast(teacher: nn.Module, backends: Sequence[str], batches: Sequence[torch.Tensor], taps: Sequence[str],
+               threads: Optional[int] = None) -> Tuple[Optional[nn.Module], Dict[str, object]]:
+    """``(module, facts)``: the teacher converted for the first of ``backends`` that converts and whose
+    :func:`parity` on ``batches`` is :func:`accepted` (None for ``torch``/``cache``, or when none passes: the
+    torch module runs, and ``facts['fallback']`` says why); facts: the backend used, its parity, the seconds."""
+    backends = [backends] if isinstance(backends, str) else list(backends)
+    failed: List[Dict[str, object]] = []
+    told = {}
+    for backend in backends:
+        told = {"fallback": "; ".join(str(f["why"]) for f in failed), "attempts": failed} if failed else {}
+        if backend in ("torch", "cache"):
+            return None, {"backend": backend, **told}
+        fast, facts = _convert(teacher, backend, batches, taps, threads)
+        if fast is not None:
+            return fast, {**facts, **told}
+        failed.append(facts)
+    told = {"fallback": "; ".join(str(f["why"]) for f in failed), "attempts": failed}
+    return None, {"backend": "torch", "requested": backends, **told}
+
+
+def _convert(teacher, backend, batches, taps, threads) -> Tuple[Optional[nn.Module], Dict[str, object]]:
     import time
 
     t0 = time.time()
-    if backend in ("torch", "cache"):
-        return None, {"backend": backend}
     try:
         if backend == "torch_bf16":
             fast: nn.Module = Bf16Net(teacher)
@@ -197,10 +233,10 @@ def build_fast(teacher: nn.Module, backend: str, batches: Sequence[torch.Tensor]
             raise ValueError(f"the converted teacher has no tap(s) {missing}")
         check = parity(teacher, fast, batches[2:] or batches, taps)
     except Exception as exc:  # noqa: BLE001 - a teacher that does not convert runs in torch
-        return None, {"backend": "torch", "requested": backend, "fallback": f"{type(exc).__name__}: {exc}"[:300]}
+        return None, {"backend": backend, "why": f"{backend}: {type(exc).__name__}: {exc}"[:300]}
     facts = {"backend": backend, "seconds": round(time.time() - t0, 2), **{k: round(v, 8) for k, v in check.items()}}
     if not accepted(backend, check):
         limit = f"max relative difference {FP32_TOL}" if backend == "onnxruntime" else f"Dice agreement {MIN_DICE}"
-        return None, {**facts, "backend": "torch", "requested": backend,
-                      "fallback": f"{backend} differs from the torch teacher beyond {limit} on real batches"}
+        return None, {**facts, "why": f"{backend} differs from the torch teacher beyond {limit} on real batches "
+                                      f"({check['max_rel_diff']:.3g} relative, Dice {check['dice_agreement']:.4f})"}
     return fast, facts
