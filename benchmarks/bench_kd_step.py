@@ -147,7 +147,7 @@ def teacher_ms(configs, rounds: int = 3, n: int = 4):
     return out
 
 
-def run(threads: int, rounds: int, steps: int):
+def run(threads: int, rounds: int, steps: int, methods=METHODS, backends=BACKENDS):
     import torch
 
     from napari_medkd.config import load_config
@@ -157,7 +157,7 @@ def run(threads: int, rounds: int, steps: int):
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="kdstep-cache-")  # the disk cache built here, not reused
     work = Path(tempfile.mkdtemp(prefix="kdstep-"))
     data = _load_data(config("none", "torch", threads), True, work)
-    wanted = [("none", "torch")] + [(m, b) for m in METHODS for b in BACKENDS if b != "cache" or m in OUTPUT_ONLY]
+    wanted = [("none", "torch")] + [(m, b) for m in methods for b in backends if b != "cache" or m in OUTPUT_ONLY]
     configs = []
     for m, b in wanted:
         c = Config(m, b, threads, data, work)
@@ -221,7 +221,7 @@ def render(rec) -> str:
     lines += ["", f"Wall ms per step (median; ratio to the student-alone step, {rec['student_alone_ms']:.0f} ms): what "
               "a run waited, inflated by the other jobs sharing the cores.", ""]
     lines += _table(by, "ms", "ratio")
-    lines += ["", "Teacher forward alone (median ms, batch 16, with the method's taps): " + ", ".join(
+    lines += ["", "Teacher forward alone (median wall ms under the same load, batch 16, with the method's taps): " + ", ".join(
         f"{k} {v:.0f}" for k, v in rec["teacher_forward_ms"].items()) + ".", "",
         "Parity of each converted teacher with torch on 2 real training batches (checked when the run sets it up; "
         "relative = max |fast − torch| / max |torch| over logits and taps; Dice = mean foreground Dice between their "
@@ -240,12 +240,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=6, help="steps of each configuration per round, one at a time in turn")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    ap.add_argument("--tag", default="", help="suffix of the result files (a partial run)")
     args = ap.parse_args(argv)
-    configs, teacher, load = run(args.threads, args.rounds, args.steps)
+    configs, teacher, load = run(args.threads, args.rounds, args.steps, args.methods, args.backends)
     rec = record(configs, teacher, load, args.threads, args.rounds, args.steps)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"results_t{args.threads}.json").write_text(json.dumps(rec, indent=1))
-    (OUT / f"results_t{args.threads}.md").write_text(render(rec))
+    name = f"results_t{args.threads}{args.tag}"
+    (OUT / f"{name}.json").write_text(json.dumps(rec, indent=1))
+    (OUT / f"{name}.md").write_text(render(rec))
     print(render(rec))
     return 0
 
