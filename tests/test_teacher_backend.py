@@ -156,3 +156,28 @@ def test_a_run_logs_the_backend_its_teacher_ran_on(teacher, tmp_path):
     want = "torch_bf16" if native_bf16() else "onnxruntime"
     assert len(ev) == 1 and ev[0]["backend"] == want and ev[0]["dice_agreement"] >= MIN_DICE
     assert np.isfinite([e["loss"] for e in events if e["event"] == "iter"]).all()
+
+
+def test_mskd_terms_compute_their_maps_once_per_step_with_the_same_loss_and_gradient():
+    from napari_medkd.distill.terms.base import KDContext
+    from napari_medkd.distill.terms.mskd import MSKDFeatureFiltering, MSKDRegionGraph
+    from napari_medkd.models.taps import TapInfo
+
+    t_info = {"enc_high": TapInfo(16, 8), "dec_low": TapInfo(16, 2), "logits": TapInfo(3, 1)}
+    s_info = {"enc_high": TapInfo(8, 8), "dec_low": TapInfo(8, 2), "logits": TapInfo(3, 1)}
+    g = torch.Generator().manual_seed(0)
+    t = {"enc_high": torch.randn(2, 16, 4, 4, generator=g), "dec_low": torch.randn(2, 16, 16, 16, generator=g)}
+    s0 = {"enc_high": torch.randn(2, 8, 4, 4, generator=g), "dec_low": torch.randn(2, 8, 8, 8, generator=g)}
+    terms = [MSKDFeatureFiltering(t_info, s_info, 3), MSKDRegionGraph(t_info, s_info, 3)]
+
+    def run(shared: bool):
+        s = {k: v.clone().requires_grad_(True) for k, v in s0.items()}
+        ctxs = [KDContext(s=s, t=t, image=torch.zeros(1))] * 2 if shared else \
+            [KDContext(s=s, t=t, image=torch.zeros(1)) for _ in terms]
+        loss = sum(term(c) for term, c in zip(terms, ctxs))
+        loss.backward()
+        return float(loss), [s[k].grad for k in sorted(s)], ctxs[0].extra
+
+    (a, ga, extra), (b, gb, _) = run(True), run(False)
+    assert len(extra) == 2  # one entry per tap, read by both terms
+    assert a == pytest.approx(b, rel=1e-6) and all(torch.allclose(x, y, rtol=1e-5, atol=1e-8) for x, y in zip(ga, gb))
