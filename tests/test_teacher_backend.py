@@ -181,3 +181,19 @@ def test_mskd_terms_compute_their_maps_once_per_step_with_the_same_loss_and_grad
     (a, ga, extra), (b, gb, _) = run(True), run(False)
     assert len(extra) == 2  # one entry per tap, read by both terms
     assert a == pytest.approx(b, rel=1e-6) and all(torch.allclose(x, y, rtol=1e-5, atol=1e-8) for x, y in zip(ga, gb))
+
+
+def test_the_cli_sets_the_backend_and_offers_exactly_the_librarys_choices():
+    from napari_medkd.cli import build_parser
+    from napari_medkd.cli_common import config_from_args
+    from napari_medkd.cli_teacher import BACKENDS as CLI_BACKENDS, _teacher_settings
+    from napari_medkd.teachers.backend import BACKENDS
+
+    assert tuple(CLI_BACKENDS) == tuple(BACKENDS)
+    args = build_parser().parse_args(["distill", "--teacher", "t.onnx", "--data", "scans", "--iterations", "2",
+                                      "--teacher-backend", "onnxruntime_int8"])
+    cfg = config_from_args(args)
+    _teacher_settings(cfg, args)
+    assert cfg.distill.teacher_backend == "onnxruntime_int8"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["distill", "--teacher-backend", "tensorrt"])
