@@ -168,12 +168,13 @@ def render(rec) -> str:
              f"(`medkd distill --teacher teacher.onnx --data scans/ [--labels labels10/]`), student "
              f"`{rec['student']}`, {rec['iterations']} iterations each, batch 16, 48² patches, "
              f"**one seed ({rec['seed']})**; {rec['scans']} Hippocampus training scans as a plain folder, "
-             f"{rec['labelled_scans']} of them with masks in the label-scarce rows; test: the 52 test volumes. "
+             f"{rec['labelled_scans']} of them with masks in the label-scarce rows (10 % of the scans held back for "
+             f"validation, the rest trained on); test: the 52 test volumes. "
              f"Machine: {rec['machine']}; {rec['date']}. Total {rec['total_wall_s'] / 60:.1f} min wall, "
              f"{rec['total_cpu_s'] / 60:.1f} min CPU (export, {len(rec['rows'])} trainings, evaluations; at nice 10). "
              "Command: `python benchmarks/bench_byo_teacher.py`", "",
              "| row | method | masks | test Dice | share of teacher's Dice | Dice agreement with teacher | "
-             "voxel agreement | train s |",
+             "voxel agreement | train s (wall) |",
              "|---|---|---|---|---|---|---|---|",
              f"| teacher (ONNX, width-0.5 U-Net) | – | all | {t:.3f} | 1.00 | 1.000 | 1.000 | – |"]
     for r in rec["rows"]:
