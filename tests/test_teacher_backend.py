@@ -70,10 +70,13 @@ def test_onnxruntime_teacher_gives_torchs_logits_and_taps_on_real_images(teacher
     assert check["max_rel_diff"] < FP32_TOL and check["argmax_agreement"] == 1.0 and accepted("onnxruntime", check)
 
 
+@pytest.mark.parametrize("fast,rel", [("onnxruntime", 1e-4), ("torch_bf16", 2e-2)])
 @pytest.mark.parametrize("method", ["logit_kd", "mskd"])
-def test_a_kd_step_with_the_onnxruntime_teacher_gives_torchs_loss(teacher, data, method, tmp_path):
+def test_a_kd_step_with_a_converted_teacher_gives_torchs_loss(teacher, data, method, fast, rel, tmp_path):
+    """onnxruntime fp32: the same loss and student gradient as torch within 1e-4; bf16 (what ``auto`` takes
+    on a CPU with native bf16): within 2 %."""
     losses, backends = {}, {}
-    for backend in ("torch", "onnxruntime"):
+    for backend in ("torch", fast):
         torch.manual_seed(1)
         student = build_model("unet_tiny", in_channels=1, num_classes=3)
         cfg = cfg_for(teacher[1], method, backend)
@@ -87,13 +90,12 @@ def test_a_kd_step_with_the_onnxruntime_teacher_gives_torchs_loss(teacher, data,
         loss, log = task.compute(batch, student)
         loss.backward()
         losses[backend] = (float(loss), log, [p.grad.clone() for p in student.parameters() if p.grad is not None])
-    assert backends["torch"] == (False, []) and backends["onnxruntime"][0]
-    assert backends["onnxruntime"][1][0]["backend"] == "onnxruntime"
-    (a, log_a, g_a), (b, log_b, g_b) = losses["torch"], losses["onnxruntime"]
-    assert a == pytest.approx(b, rel=1e-4) and a > 0
-    assert set(log_a) == set(log_b) and all(log_a[k] == pytest.approx(log_b[k], rel=1e-4, abs=1e-6) for k in log_a)
+    assert backends["torch"] == (False, []) and backends[fast][0] and backends[fast][1][0]["backend"] == fast
+    (a, log_a, g_a), (b, log_b, g_b) = losses["torch"], losses[fast]
+    assert a == pytest.approx(b, rel=rel) and a > 0
+    assert set(log_a) == set(log_b) and all(log_a[k] == pytest.approx(log_b[k], rel=rel, abs=1e-6) for k in log_a)
     ga, gb = torch.cat([g.flatten() for g in g_a]), torch.cat([g.flatten() for g in g_b])  # the student's update
-    assert float((ga - gb).norm()) <= 1e-4 * float(ga.norm())
+    assert float((ga - gb).norm()) <= rel * float(ga.norm())
 
 
 def test_int8_and_bf16_are_kept_only_when_their_masks_agree_with_torch(teacher, data):
