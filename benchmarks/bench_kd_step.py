@@ -209,12 +209,18 @@ def _table(by, key: str, ratio: str):
 def render(rec) -> str:
     by = {(r["method"], r["backend"]): r for r in rec["rows"]}
     n = rec["rows"][0]["steps"]
-    lines = [f"KD step by teacher backend, {rec['threads']} thread(s). Teacher `{Path(rec['teacher']).name}` (width-0.5 "
+    runs = rec.get("runs")
+    many = (f"**Median over {len(runs)} runs** ({', '.join(r['date'][11:] for r in runs)}; "
+            f"files {', '.join(rec['files'])}), each run's figure its median step. ") if runs else ""
+    lines = [many + f"KD step by teacher backend, {rec['threads']} thread(s). Teacher `{Path(rec['teacher']).name}` (width-0.5 "
              f"U-Net), student `{rec['student']}`, batch {rec['batch']} of {rec['patch']}² patches of the packaged "
              f"Hippocampus sample, half of them labelled; {n} steps per configuration, one step of each configuration "
-             f"in turn ({rec['rounds']} rounds). Machine: {rec['machine']}; load average during the rounds "
+             f"in turn ({rec['rounds']} rounds{' per run' if runs else ''}). Machine: {rec['machine']}; load average during the rounds "
              f"{min(rec['load_during']):.1f}–{max(rec['load_during']):.1f} on 2 cores (other agents' jobs); "
-             f"{rec['date']}. Command: `python benchmarks/bench_kd_step.py --threads {rec['threads']}`.", "",
+             f"{rec['date']}. Command: `python benchmarks/bench_kd_step.py --threads {rec['threads']}`"
+             + (f" per run (`--tag _runN`), then `--combine` of the runs' JSON files." if runs else ".")
+             + (" Run 1 was taken before MSKD's two terms shared their maps." if runs and "results_t1_run1.json"
+                in rec["files"] else ""), "",
              f"**CPU ms per step** (median process time; ratio to the student-alone step, "
              f"{rec['student_alone_cpu_ms']:.0f} ms): the cost of a step, little moved by other jobs on the cores.", ""]
     lines += _table(by, "cpu_ms", "cpu_ratio")
@@ -235,6 +241,28 @@ def render(rec) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combine(paths) -> dict:
+    """One record from several runs' records: per configuration the median over runs of each run's median
+    (CPU ms, wall ms and their ratios); the parity and set-up of the last run."""
+    recs = [json.loads(Path(p).read_text()) for p in paths]
+    out = dict(recs[-1])
+    keys = [(r["method"], r["backend"]) for r in recs[-1]["rows"]]
+    rows = []
+    for key in keys:
+        found = [next(r for r in rec["rows"] if (r["method"], r["backend"]) == key) for rec in recs]
+        row = dict(found[-1])
+        for k in ("ms", "ratio", "cpu_ms", "cpu_ratio"):
+            row[k] = statistics.median(r[k] for r in found)
+        row["per_run"] = {k: [round(r[k], 3) for r in found] for k in ("cpu_ms", "cpu_ratio", "ratio")}
+        rows.append(row)
+    out.update(rows=rows, runs=[{"date": r["date"], "load_during": r["load_during"], "machine": r["machine"]}
+                                for r in recs],
+               student_alone_ms=statistics.median(r["student_alone_ms"] for r in recs),
+               student_alone_cpu_ms=statistics.median(r["student_alone_cpu_ms"] for r in recs),
+               load_during=[x for r in recs for x in r["load_during"]], files=[Path(p).name for p in paths])
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -243,7 +271,15 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
     ap.add_argument("--tag", default="", help="suffix of the result files (a partial run)")
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="no timing: write results_t{threads}.md/.json as "
+                    "the median over these runs' results (each run's medians)")
     args = ap.parse_args(argv)
+    if args.combine:
+        rec = combine(args.combine)
+        (OUT / f"results_t{args.threads}.json").write_text(json.dumps(rec, indent=1))
+        (OUT / f"results_t{args.threads}.md").write_text(render(rec))
+        print(render(rec))
+        return 0
     configs, teacher, load = run(args.threads, args.rounds, args.steps, args.methods, args.backends)
     rec = record(configs, teacher, load, args.threads, args.rounds, args.steps)
     OUT.mkdir(parents=True, exist_ok=True)
