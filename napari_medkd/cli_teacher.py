@@ -11,6 +11,8 @@ from pathlib import Path
 
 from .cli_common import CLIError, add_budget, config_from_args, train_and_report
 
+BACKENDS = ("auto", "torch", "torch_bf16", "onnxruntime", "onnxruntime_int8", "cache")  # teachers.backend.BACKENDS
+
 TEACHER_HELP = ("the teacher: a medkd run folder, an .onnx file, a TorchScript file, or a MONAI bundle folder "
                 "(configs/inference.json + models/model.pt)")
 
@@ -40,6 +42,8 @@ def add_distill(sub) -> None:
                         "teacher from a file and a method that reads only its outputs)")
     p.add_argument("--teacher-cache", metavar="DIR", help="where the cached teacher outputs live "
                    "(default: ~/.cache/napari-medkd/teacher_outputs; shared by students)")
+    p.add_argument("--teacher-backend", choices=BACKENDS, help="how a torch teacher runs in each step (default auto: "
+                   "bf16 where the CPU has it natively, else onnxruntime fp32; each checked against torch first)")
     add_budget(p)
     p.set_defaults(fn=cmd_distill)
 
@@ -57,6 +61,8 @@ def _teacher_settings(cfg, args) -> None:
         cfg.distill.teacher_taps = {**cfg.distill.teacher_taps, **{k: str(v) for k, v in taps.items()}}
     if args.teacher_cache:
         cfg.distill.teacher_cache_dir = args.teacher_cache
+    if getattr(args, "teacher_backend", None):
+        cfg.distill.teacher_backend = args.teacher_backend
 
 
 def cmd_distill(args) -> int:

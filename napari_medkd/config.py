@@ -140,6 +140,9 @@ class DistillConfig:
     teacher_preprocess: Dict[str, Any] = field(default_factory=dict)
     teacher_taps: Dict[str, str] = field(default_factory=dict)
     teacher_cache_dir: Optional[str] = None
+    # how the frozen teacher runs in each step (teachers/backend.py): auto | torch | torch_bf16 | onnxruntime |
+    # onnxruntime_int8 | cache; a converted teacher is checked against torch on real batches before it is used
+    teacher_backend: str = "auto"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ..train.tasks import SupervisedTask
 from .balance import calibrated_weights, measure, ramp, ratio_table
 from .methods import TermSpec, build_terms
 from .stages import run_stages
-from .teacher_fit import refusal, spec_taps, term_pairs
+from .teacher_fit import method_needs, refusal, spec_taps, term_pairs
 from .terms.base import KDContext
 
 
@@ -94,14 +94,19 @@ class DistillTask(SupervisedTask):
                  run_dir: Path, stage_iterations: Optional[Dict[str, int]] = None, seg_weight: float = 1.0,
                  cache_teacher: bool = False, balance: str = "none", grad_ratio: float = 0.5,
                  warmup: Optional[List[float]] = None, balance_batches: int = 4, source=None,
-                 cache_dir: Optional[str] = None, preprocess: Optional[Dict[str, Any]] = None):
+                 cache_dir: Optional[str] = None, preprocess: Optional[Dict[str, Any]] = None,
+                 teacher_backend="torch", threads: Optional[int] = None):
         """``source``: the :class:`~napari_medkd.teachers.Teacher` whose ``module`` is ``teacher``;
-        ``cache_dir``: keep the cached teacher outputs on disk there (``teachers/cache.py``), else in memory."""
+        ``cache_dir``: keep the cached teacher outputs on disk there (``teachers/cache.py``), else in memory;
+        ``teacher_backend``: how the teacher runs in each step, or the backends to try in order
+        (``teachers/backend.py``; set up in ``prepare``)."""
         super().__init__(student, num_classes)
         self.source, self.cache_dir, self.preprocess = source, cache_dir, dict(preprocess or {})
         if balance not in ("none", "grad"):
             raise DistillError(f"distill.balance must be 'none' or 'grad', got {balance!r}")
         self.teacher = teacher
+        self.backends = [teacher_backend] if isinstance(teacher_backend, str) else list(teacher_backend)
+        self.teacher_backend, self.threads, self.fast_teacher = self.backends[0], threads, None
         self.terms = terms
         self.balance, self.grad_ratio, self.balance_batches = balance, float(grad_ratio), int(balance_batches)
         self.warmup = list(warmup) if warmup else None
@@ -152,11 +157,12 @@ class DistillTask(SupervisedTask):
         if "teacher_logits" in batch:  # cached for the fixed (non-jittered) view, turned with the patch
             t = {"logits": batch["teacher_logits"].float()}
         else:
+            teacher = self.fast_teacher or self.teacher  # the step's backend (teachers/backend.py)
             with torch.no_grad():
-                with FeatureTaps(self.teacher, self.taps) as tt:
-                    t_logits = self.teacher(x)
-            t = {k: v.detach() for k, v in tt.features.items()}
-            t["logits"] = t_logits.detach()
+                with FeatureTaps(teacher, self.taps) as tt:
+                    t_logits = teacher(x)
+            t = {k: v.detach().float() for k, v in tt.features.items()}
+            t["logits"] = t_logits.detach().float()
         with FeatureTaps(self.model, self.taps) as st:
             s_logits = train_model(x)
         s = dict(st.features)
@@ -231,8 +237,25 @@ class DistillTask(SupervisedTask):
                                           "(distill.warmup is for learning from labels first)")
         if self.cache_teacher:
             self._build_teacher_cache(ctx)
+        else:
+            self.setup_backend(ctx)
         if self._pretrain_stages(ctx) and self.balance == "grad" and not self.calibrated:
             self.calibrate(ctx)
+
+    def setup_backend(self, ctx) -> None:
+        """Convert the teacher for ``teacher_backend`` (checked on 4 real training batches, drawn without moving
+        the sampler on) and log what runs it; a teacher that fails the check stays in torch."""
+        from ..teachers.backend import build_fast
+
+        if self.backends[0] in ("torch", "cache"):
+            return
+        sampler, bs = ctx["sampler"], ctx["cfg"].train.batch_size
+        state = sampler.get_state()
+        batches = [torch.as_tensor(sampler.sample(bs)["image"]).float() for _ in range(4)]
+        sampler.set_state(state)
+        self.fast_teacher, facts = build_fast(self.teacher, self.backends, batches, self.taps, self.threads)
+        self.teacher_backend = str(facts["backend"])
+        ctx["emit"]("teacher_backend", **facts)
 
     def agreement(self, model, cases, device, slice_axis: int) -> Optional[Dict[str, Any]]:
         """Agreement of ``model`` with the teacher on ``cases`` (validation without labels)."""
@@ -333,6 +356,7 @@ def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=N
     from ..registry import METHODS
 
     from ..teachers import open_teacher
+    from ..teachers.backend import choose
     from ..teachers.cache import default_cache_dir
 
     dc = cfg.distill
@@ -355,7 +379,11 @@ def build_distill_task(student, num_classes: int, *, cfg, device=None, run_dir=N
     else:
         terms = METHODS.get(dc.method or "none")(t_info, s_info, num_classes, spatial_dims=dims)
     cache_dir = dc.teacher_cache_dir or (str(default_cache_dir()) if source.kind != "run" else None)
+    cached = bool(dc.cache_teacher) or dc.teacher_backend == "cache"
+    backend = choose(dc.teacher_backend, device=str(device or "cpu"), is_torch=source.kind != "onnx",
+                     needs_parts=method_needs(dc.method, dc.terms)[1], cached=cached)
     return DistillTask(student, num_classes, teacher, terms, Path(run_dir),
-                       stage_iterations=dc.stage_iterations, cache_teacher=bool(dc.cache_teacher),
+                       stage_iterations=dc.stage_iterations, cache_teacher=cached,
                        balance=dc.balance, grad_ratio=dc.grad_ratio, warmup=dc.warmup,
-                       balance_batches=dc.balance_batches, source=source, cache_dir=cache_dir, preprocess=preprocess)
+                       balance_batches=dc.balance_batches, source=source, cache_dir=cache_dir, preprocess=preprocess,
+                       teacher_backend=backend, threads=cfg.train.threads)

@@ -99,11 +99,20 @@ class _MSKDBase(DistillTerm):
     def forward(self, ctx: KDContext) -> torch.Tensor:
         total = 0.0
         for name in self.TAPS:
-            s, t = pair(ctx, name, type(self).__name__)
-            total = total + self.tap_loss(ctx, s, t)
+            total = total + self.tap_loss(ctx, *self.shared(ctx, name))
         return total
 
-    def tap_loss(self, ctx: KDContext, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def shared(self, ctx: KDContext, name: str):
+        """(student resized, teacher, their maps) of one tap, computed once per step for both MSKD terms (the
+        same tensors and graph: FFD and RGD read the same maps, so the KD step computes them once)."""
+        key = f"mskd:{name}:{self.normalize}:{id(ctx.s.get(name))}:{id(ctx.t.get(name))}"
+        if key not in ctx.extra:
+            s, t = pair(ctx, name, type(self).__name__)
+            ctx.extra[key] = (s, t) + tuple(self.maps(s, t))
+        return ctx.extra[key]
+
+    def tap_loss(self, ctx: KDContext, s: torch.Tensor, t: torch.Tensor, m_s: torch.Tensor,
+                 m_t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -130,8 +139,7 @@ class MSKDFeatureFiltering(_MSKDBase):
         w = pi.pow(self.gamma)
         return w / w.flatten(1).mean(1).view(-1, *[1] * (w.dim() - 1))
 
-    def tap_loss(self, ctx, s, t):
-        m_s, m_t = self.maps(s, t)
+    def tap_loss(self, ctx, s, t, m_s, m_t):
         return (self.weights(ctx, m_t) * (m_s - m_t).pow(2)).mean()
 
 
@@ -147,8 +155,7 @@ class MSKDRegionGraph(_MSKDBase):
             raise ValueError(f"mskd_rgd: nodes must be 'patch' or 'class', got {nodes!r}")
         self.nodes, self.patch, self.max_nodes = nodes, int(patch), int(max_nodes)
 
-    def tap_loss(self, ctx, s, t):
-        m_s, m_t = self.maps(s, t)
+    def tap_loss(self, ctx, s, t, m_s, m_t):
         if self.nodes == "patch":
             n_s = pool_nodes(m_s, self.patch, "avg", self.max_nodes)[..., 0]
             n_t = pool_nodes(m_t, self.patch, "avg", self.max_nodes)[..., 0]
