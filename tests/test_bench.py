@@ -342,3 +342,17 @@ def test_training_devices_count_each_session_of_each_run(tmp_path):
 
     runs = [run("a", "cuda:0 (H200)"), run("b", "cuda:0 (H200)", "cpu (2 threads)"), tmp_path / "missing"]
     assert _training_devices(runs) == "cuda:0 (H200): 2 sessions; cpu (2 threads): 1 session"
+
+
+def test_a_finished_run_is_reused_whatever_teacher_backend_now_runs():
+    """``distill.teacher_backend`` only changes how the frozen teacher is computed (a converted one must agree
+    with torch first), so a run from before the setting existed, or with another backend, is reused."""
+    from napari_medkd.config import RunConfig
+    from napari_medkd.workflows.bench_runs import _config_differences
+
+    saved, wanted = RunConfig(), RunConfig()
+    saved.distill.method = wanted.distill.method = "logit_kd"
+    saved.distill.teacher_backend, wanted.distill.teacher_backend = "torch", "auto"
+    assert _config_differences(saved, wanted) == []
+    wanted.distill.grad_ratio = saved.distill.grad_ratio * 2  # what the student learns: still a difference
+    assert _config_differences(saved, wanted)

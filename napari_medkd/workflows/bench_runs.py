@@ -22,7 +22,9 @@ def _finished(run: Path) -> Optional[bool]:
 
 
 #: settings that change how fast a run goes, not what it learns; a finished run is reused across them
-_SPEED_ONLY = {("train", "threads"), ("train", "device"), ("train", "log_every")}
+#: (``distill.teacher_backend``: a converted teacher is used only after it agrees with the torch teacher
+#: on real batches, ``teachers/backend.py``, and each run's events say which backend ran)
+_SPEED_ONLY = {("train", "threads"), ("train", "device"), ("train", "log_every"), ("distill", "teacher_backend")}
 
 
 def _config_differences(saved: RunConfig, wanted: RunConfig) -> List[str]:
